@@ -1,0 +1,149 @@
+"""Dataclass configs: defaults here, a YAML file over them, dotted overrides over that.
+
+Unknown keys and wrong types are rejected by OmegaConf; `validate` checks values. Either
+way the error names the field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from relayrl.generation.sampler import SamplingConfig
+from relayrl.rewards.verifier import RewardConfig
+from relayrl.tasks.arithmetic import ArithmeticConfig
+from relayrl.training.trainer import AlgorithmConfig, OptimConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny-llama"  # a builtin (tiny-llama, tiny-qwen2), a hub id or a local folder
+    hidden: int = 128  # the rest size builtin models only
+    layers: int = 4
+    heads: int = 4
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm start on the task's worked solutions, before RL."""
+
+    steps: int = 150
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class ThreadsConfig:
+    """Torch threads per side; 0 = auto (async: split the cores; sync: all cores each)."""
+
+    generator: int = 0
+    trainer: int = 0
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    mode: str = "async"  # async | sync
+    max_staleness: int = 1  # async: rollouts may lag the trainer by at most this many versions
+    steps: int = 150
+    eval_every: int = 25
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    run_dir: str = "runs"
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
+
+    def sampling(self, stop_strings: list[str]) -> SamplingConfig:
+        r = self.rollout
+        return SamplingConfig(r.max_new_tokens, r.temperature, r.top_p, tuple(stop_strings))
+
+    def thread_budget(self) -> tuple[int, int]:
+        cores = os.cpu_count() or 1
+        split = self.mode == "async"
+        gen = self.threads.generator or (max(1, cores // 2) if split else cores)
+        train = self.threads.trainer or (max(1, cores - gen) if split else cores)
+        return gen, train
+
+
+CHOICES = {
+    "mode": ("async", "sync"),
+    "algorithm.advantage": ("grpo", "rloo", "reinforce"),
+    "algorithm.loss": ("aipo", "ppo"),
+    "algorithm.aggregation": ("token", "sequence"),
+    "task.name": ("arithmetic",),
+}
+POSITIVE = ["steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
+            "optim.lr", "optim.micro_batch_tokens", "algorithm.rho", "reward.timeout", "reward.workers",
+            "sft.batch_size", "sft.lr", "eval_every", "checkpoint_every", "keep_checkpoints"]
+NON_NEGATIVE = ["max_staleness", "sft.steps", "rollout.temperature", "algorithm.kl_coef", "algorithm.clip_eps",
+                "optim.grad_clip", "threads.generator", "threads.trainer"]
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key}: must be > 0; got {_get(cfg, key)!r}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0; got {_get(cfg, key)!r}")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p: must be in (0, 1]; got {cfg.rollout.top_p}")
+    if cfg.algorithm.advantage in ("grpo", "rloo") and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError(f"rollout.samples_per_prompt: {cfg.algorithm.advantage} needs >= 2 samples per prompt")
+    return cfg
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    try:
+        merged = OmegaConf.structured(Config)
+        if path:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    return validate(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,1 @@
+"""Held-out evaluation, pass@k, and run reports."""

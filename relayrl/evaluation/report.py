@@ -1,0 +1,54 @@
+"""The end-of-run report: summary.json, report.md and a PNG of reward and held-out accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot(records: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in records if "reward" in r]
+    ax.plot(steps, [r["reward"] for r in records if "reward" in r], label="train reward", alpha=0.6)
+    evals = [r for r in records if "heldout_accuracy" in r]
+    ax.plot([r["step"] for r in evals], [r["heldout_accuracy"] for r in evals], "o-", label="held-out accuracy")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(run_dir: Path, records: list[dict], summary: dict) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(records, run_dir / "report.png")
+    s = summary
+    lines = [
+        f"# relayrl run: {run_dir.name}",
+        "",
+        f"Task `{s['task']}`, model `{s['model']}`, mode **{s['mode']}**, {s['steps']} RL steps "
+        f"in {s['wall_seconds']:.0f} s (SFT warm start {s['sft_seconds']:.0f} s).",
+        "",
+        "| held-out accuracy (greedy) | value | 95% CI |",
+        "|---|---|---|",
+        f"| after SFT, before RL | {s['heldout_accuracy_start']:.1%} | {_ci(s['heldout_interval_start'])} |",
+        f"| after RL | {s['heldout_accuracy_end']:.1%} | {_ci(s['heldout_interval_end'])} |",
+        "",
+        f"Trained tokens per second: {s['trained_tokens_per_second']:.0f}. "
+        f"Stale rollouts dropped: {s['dropped_stale']}. Reward failures: {s['reward_failures']}.",
+        "",
+        "![reward and held-out accuracy](report.png)",
+        "",
+    ]
+    (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _ci(interval) -> str:
+    return f"{interval[0]:.1%} - {interval[1]:.1%}"

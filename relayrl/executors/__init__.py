@@ -1,0 +1,1 @@
+"""Executors: where generation runs, and how weights reach it."""

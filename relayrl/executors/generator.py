@@ -1,0 +1,135 @@
+"""Generator executors: the same four calls in-process or in a process of its own.
+
+`publish(weights, version)` and `submit(request)` are queued in order, so a batch is always
+sampled with the last version published before it was submitted: the run is deterministic
+however the two processes are timed, and a generator never samples from a half-updated model.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.multiprocessing as mp
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
+
+from relayrl.executors.weights import load_flat
+from relayrl.generation.sampler import SamplingConfig, sample
+from relayrl.rollout import Rollout
+
+
+@dataclass
+class GenerateRequest:
+    batch_index: int
+    prompt_indices: list[int]
+    prompt_ids: list[list[int]]
+    answers: list[str]
+    samples_per_prompt: int
+    seed: int
+
+
+class GeneratorWorker:
+    """A model copy that samples rollouts with the version it was last given."""
+
+    def __init__(self, model_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, sampling: SamplingConfig):
+        self.model = AutoModelForCausalLM.from_config(model_config).eval()
+        self.tokenizer, self.sampling, self.version = tokenizer, sampling, -1
+
+    def load(self, flat: torch.Tensor, version: int) -> None:
+        load_flat(self.model, flat)
+        self.version = version
+
+    def generate(self, req: GenerateRequest) -> tuple[list[Rollout], float]:
+        """The batch's rollouts and the seconds sampling took."""
+        start, n = time.perf_counter(), req.samples_per_prompt
+        prompts = [p for p in req.prompt_ids for _ in range(n)]
+        gen = torch.Generator().manual_seed(req.seed)
+        samples = sample(self.model, prompts, self.sampling, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                         gen, self.tokenizer.decode)
+        rollouts = [
+            Rollout(prompt_index=req.prompt_indices[i // n], sample_index=i % n, prompt_ids=prompts[i],
+                    completion_ids=s.completion_ids, logprobs=s.logprobs, version=self.version,
+                    text=self.tokenizer.decode(s.completion_ids, skip_special_tokens=True),
+                    finish_reason=s.finish_reason, answer=req.answers[i // n])
+            for i, s in enumerate(samples)
+        ]
+        return rollouts, time.perf_counter() - start
+
+
+class LocalGenerator:
+    """In-process: generation runs when its result is collected."""
+
+    def __init__(self, model_config, tokenizer, sampling: SamplingConfig):
+        self.worker = GeneratorWorker(model_config, tokenizer, sampling)
+        self.queue: deque = deque()
+
+    def publish(self, flat: torch.Tensor, version: int) -> None:
+        self.queue.append(("weights", flat.clone(), version))
+
+    def submit(self, req: GenerateRequest) -> None:
+        self.queue.append(("generate", req))
+
+    def collect(self) -> tuple[list[Rollout], float]:
+        while True:
+            kind, *args = self.queue.popleft()
+            if kind == "weights":
+                self.worker.load(*args)
+            else:
+                return self.worker.generate(*args)
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
+    torch.set_num_threads(threads)
+    worker = GeneratorWorker(model_config, tokenizer, sampling)
+    while (msg := inbox.get())[0] != "stop":
+        kind, *args = msg
+        if kind == "weights":
+            worker.load(*args)
+        else:
+            try:
+                outbox.put(("ok", worker.generate(*args)))
+            except Exception as e:  # noqa: BLE001 - reported to the controller, which raises it
+                outbox.put(("error", f"{type(e).__name__}: {e}"))
+
+
+class ProcessGenerator:
+    """A generator process with its own thread budget, so sampling overlaps training."""
+
+    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, threads: int = 1):
+        ctx = mp.get_context("spawn")
+        self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=_serve, args=(self.inbox, self.outbox, model_config, tokenizer, sampling, threads),
+                                daemon=True)
+        self.proc.start()
+
+    def publish(self, flat: torch.Tensor, version: int) -> None:
+        self.inbox.put(("weights", flat.clone(), version))  # the clone travels through shared memory
+
+    def submit(self, req: GenerateRequest) -> None:
+        self.inbox.put(("generate", req))
+
+    def collect(self) -> tuple[list[Rollout], float]:
+        while True:
+            try:
+                status, payload = self.outbox.get(timeout=1.0)
+                break
+            except Exception:  # noqa: BLE001 - queue.Empty: check the process is still alive
+                if not self.proc.is_alive():
+                    raise RuntimeError(f"generator process died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"generator failed: {payload}")
+        return payload
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.inbox.put(("stop",))
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()

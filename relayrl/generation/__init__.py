@@ -1,0 +1,1 @@
+"""Sampling from the policy: KV-cached, batched, with the behaviour log-probabilities."""

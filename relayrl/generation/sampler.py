@@ -1,0 +1,96 @@
+"""A native PyTorch sampler over any HF causal LM, with a KV cache.
+
+Returns completion token ids and the log-probabilities of the sampling policy (logits / T,
+before top-p truncation), which the trainer uses as mu in the importance weight pi/mu.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class Sample:
+    completion_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cum - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+    sorted_logits[drop] = float("-inf")
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """The one place prompts become ids (with the tokenizer's own special tokens, e.g. BOS)."""
+    return tokenizer(text)["input_ids"]
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    cfg: SamplingConfig,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    decode=None,
+) -> list[Sample]:
+    """Sample one completion per prompt. `decode(ids) -> str` is needed only for stop strings."""
+    device = next(model.parameters()).device
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((batch, width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):  # left padding keeps every row's next token in the last column
+        input_ids[i, width - len(p) :] = torch.tensor(p, device=device)
+        mask[i, width - len(p) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out_ids = torch.zeros((batch, cfg.max_new_tokens), dtype=torch.long, device=device)
+    out_lp = torch.zeros((batch, cfg.max_new_tokens), device=device)
+    lengths = torch.full((batch,), cfg.max_new_tokens, dtype=torch.long)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    reasons = ["length"] * batch
+    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+    for t in range(cfg.max_new_tokens):
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float() / temperature
+        logprobs = logits.log_softmax(-1)
+        if cfg.temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            probs = (_top_p_filter(logits, cfg.top_p) if cfg.top_p < 1 else logits).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = torch.where(done, pad_id, token)
+        out_ids[:, t] = token
+        out_lp[:, t] = logprobs.gather(-1, token[:, None]).squeeze(-1)
+        stopped = ~done & (token == eos_id)
+        if cfg.stop_strings:
+            for i in torch.nonzero(~done & ~stopped).flatten().tolist():
+                text = decode(out_ids[i, : t + 1].tolist())
+                stopped[i] = any(text.endswith(s) for s in cfg.stop_strings)
+        for i in torch.nonzero(stopped).flatten().tolist():
+            lengths[i], reasons[i] = t + 1, "stop"
+        done |= stopped
+        if done.all():
+            break
+        input_ids = token[:, None]
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        positions = positions[:, -1:] + 1
+    return [
+        Sample(out_ids[i, : lengths[i]].tolist(), out_lp[i, : lengths[i]].tolist(), reasons[i]) for i in range(batch)
+    ]

@@ -1,0 +1,89 @@
+"""Load any Hugging Face causal LM, or build a tiny one (and its tokenizer) locally.
+
+Builtin names (`tiny-llama`, `tiny-qwen2`) build a fresh, seeded model with a
+character-level tokenizer made by `tokenizers`, saved in HF format so every other
+code path (from_pretrained, save_pretrained, checkpoints) is the same as for a hub model.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARS = string.digits + string.ascii_letters + " +-*/=()?.,:;#<>\n"
+TINY_ARCHS = {"tiny-llama": (LlamaConfig, LlamaForCausalLM), "tiny-qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+@dataclass
+class TinySize:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    max_positions: int = 256
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character: arithmetic digits stay aligned with what the model computes."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, size: TinySize, seed: int) -> PreTrainedModel:
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"model.name_or_path: unknown builtin {arch!r}; builtins are {sorted(TINY_ARCHS)}")
+    config_cls, model_cls = TINY_ARCHS[arch]
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.hidden * 4,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=size.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return model_cls(config)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, size: TinySize | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A builtin tiny model, or any HF causal LM by hub id or local folder."""
+    if name_or_path in TINY_ARCHS:
+        tokenizer = build_char_tokenizer()
+        return build_tiny_model(name_or_path, tokenizer, size or TinySize(), seed), tokenizer
+    if not Path(name_or_path).exists() and "/" not in name_or_path:
+        raise ValueError(
+            f"model.name_or_path: {name_or_path!r} is neither a local folder, a hub id (org/name) "
+            f"nor a builtin ({', '.join(sorted(TINY_ARCHS))})"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    return model, tokenizer

@@ -1,0 +1,1 @@
+"""Reward scorers: they fill in Rollout.reward and never crash the run."""

@@ -1,0 +1,35 @@
+"""The one record that flows generator -> scorer -> trainer (token-in/token-out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Message:
+    """A span [start, end) of completion tokens, e.g. one SPOC solution or verification."""
+
+    start: int
+    end: int
+    role: str = "assistant"
+    reward: float | None = None
+
+
+@dataclass
+class Rollout:
+    prompt_index: int  # position in the task's training stream: groups samples, fixes the data position
+    sample_index: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]  # behaviour policy mu, one per completion token, at the sampling temperature
+    version: int  # policy version that sampled it
+    text: str
+    finish_reason: str  # "stop" (eos or stop string) | "length"
+    answer: str = ""  # the reference, so any scorer can see it
+    messages: list[Message] = field(default_factory=list)
+    reward: float | None = None
+    reward_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            self.messages = [Message(0, len(self.completion_ids))]

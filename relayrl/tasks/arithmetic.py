@@ -1,0 +1,77 @@
+"""The embedded default task: multi-step arithmetic with the intermediate results written out.
+
+Prompt `Q:23+45-17\nA:` -> solution `23+45=68\n68-17=51\n#51`. Operators apply left to right,
+so every line is one two-operand step that a small model can learn to compute.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from relayrl.tasks.base import Item
+
+ANSWER_RE = re.compile(r"#(-?\d+)")
+
+
+@dataclass
+class ArithmeticConfig:
+    terms: int = 3  # operands per problem: the difficulty knob
+    max_value: int = 99  # operands drawn from [0, max_value]
+    operators: str = "+-"
+    heldout_size: int = 256
+    seed: int = 1234
+
+
+def score_arithmetic(completion: str, answer: str) -> float:
+    """1 if the first `#answer` equals the reference, else 0."""
+    m = ANSWER_RE.search(completion)
+    return float(m is not None and m.group(1) == answer)
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+class ArithmeticTask:
+    stop_strings: list[str] = []
+    scorer = staticmethod(score_arithmetic)
+
+    def __init__(self, cfg: ArithmeticConfig):
+        if cfg.terms < 2:
+            raise ValueError(f"task.arithmetic.terms must be >= 2, got {cfg.terms}")
+        if not cfg.operators or set(cfg.operators) - set("+-*"):
+            raise ValueError(f"task.arithmetic.operators must be a non-empty subset of '+-*', got {cfg.operators!r}")
+        self.cfg = cfg
+        self.name = f"arithmetic-{cfg.terms}x{cfg.max_value}"
+        rng = random.Random(f"heldout-{cfg.seed}")
+        self._heldout: list[Item] = []
+        seen: set[str] = set()
+        while len(self._heldout) < cfg.heldout_size:
+            item = self._make(rng)
+            if item.prompt not in seen:
+                seen.add(item.prompt)
+                self._heldout.append(item)
+        self._heldout_prompts = seen
+
+    def _make(self, rng: random.Random) -> Item:
+        nums = [rng.randint(0, self.cfg.max_value) for _ in range(self.cfg.terms)]
+        ops = [rng.choice(self.cfg.operators) for _ in range(self.cfg.terms - 1)]
+        expr = str(nums[0]) + "".join(f"{o}{n}" for o, n in zip(ops, nums[1:], strict=True))
+        steps, acc = [], nums[0]
+        for op, n in zip(ops, nums[1:], strict=True):
+            new = _apply(acc, op, n)
+            steps.append(f"{acc}{op}{n}={new}")
+            acc = new
+        return Item(prompt=f"Q:{expr}\nA:", answer=str(acc), solution="\n".join(steps) + f"\n#{acc}")
+
+    def train_item(self, index: int) -> Item:
+        rng = random.Random(f"train-{self.cfg.seed}-{index}")
+        while True:
+            item = self._make(rng)
+            if item.prompt not in self._heldout_prompts:
+                return item
+
+    def heldout(self) -> list[Item]:
+        return self._heldout

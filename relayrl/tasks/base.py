@@ -1,0 +1,29 @@
+"""What every task provides: a training stream, a held-out set, and a picklable scorer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Scorer = Callable[[str, str], float]
+"""(completion text, reference answer) -> reward. Module-level so reward worker processes can pickle it."""
+
+
+@dataclass(frozen=True)
+class Item:
+    prompt: str
+    answer: str
+    solution: str = ""  # a worked demonstration, for the supervised warm start
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+class Task(Protocol):
+    name: str
+    scorer: Scorer
+    stop_strings: list[str]
+
+    def train_item(self, index: int) -> Item:
+        """Item `index` of the (endless, deterministic) training stream; never a held-out item."""
+
+    def heldout(self) -> list[Item]: ...

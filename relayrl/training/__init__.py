@@ -1,0 +1,1 @@
+"""The trainer step, supervised warm start and checkpoints."""

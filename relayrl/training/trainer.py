@@ -1,0 +1,158 @@
+"""The trainer: algorithm-blind except for the loss it is handed per token.
+
+Batches are built from token ids (never re-tokenized text). Log-probabilities are computed
+only on the tokens that count, with the LM head applied in checkpointed chunks so the full
+vocabulary logits are never held for the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from relayrl.algorithms import losses
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 16384  # padded tokens per forward/backward; gradients accumulate
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"  # grpo | rloo | reinforce
+    loss: str = "aipo"  # aipo | ppo
+    rho: float = 4.0  # AIPO truncation of pi/mu
+    clip_eps: float = 0.2  # PPO ratio clip
+    kl_coef: float = 0.0  # k3 KL to the reference (initial) policy
+    aggregation: str = "token"  # token | sequence
+
+
+@dataclass
+class Sequence:
+    """What the trainer consumes: ids in, per-token targets and weights out."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    behaviour_logprobs: list[float] | None = None  # mu; None for supervised data
+    advantages: list[float] | None = None  # one per completion token
+    loss_mask: list[float] | None = None  # 1 where a completion token counts; None = all
+
+
+def _token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = head(hidden).float() / temperature
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def sequence_logprobs(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: torch.Tensor,
+    temperature: float = 1.0, chunk: int = 4096,
+) -> torch.Tensor:
+    """log pi(token_{j+1} | tokens_<=j) at the (B, L-1) positions `where`; zeros elsewhere."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][where]
+    targets = input_ids[:, 1:][where]
+    head = model.get_output_embeddings()
+    parts = [
+        checkpoint(_token_logprobs, head, hidden[i : i + chunk], targets[i : i + chunk], temperature, use_reentrant=False)
+        if torch.is_grad_enabled() else _token_logprobs(head, hidden[i : i + chunk], targets[i : i + chunk], temperature)
+        for i in range(0, hidden.shape[0], chunk)
+    ]
+    out = torch.zeros(where.shape, dtype=torch.float32, device=input_ids.device)
+    out[where] = torch.cat(parts) if parts else out[where]
+    return out
+
+
+def collate(seqs: list[Sequence], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+completion; per-token fields aligned with the shifted targets."""
+    width = max(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
+    b = len(seqs)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    mask, mu, adv = (torch.zeros((b, width - 1)) for _ in range(3))
+    for i, s in enumerate(seqs):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        ids[i, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids)
+        attn[i, : p + c] = 1
+        span = slice(p - 1, p + c - 1)  # logits at position j predict token j+1
+        mask[i, span] = torch.tensor(s.loss_mask) if s.loss_mask is not None else 1.0
+        if s.behaviour_logprobs is not None:
+            mu[i, span] = torch.tensor(s.behaviour_logprobs)
+        if s.advantages is not None:
+            adv[i, span] = torch.tensor(s.advantages)
+    out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "mu": mu, "adv": adv}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def micro_batches(seqs: list[Sequence], token_budget: int) -> list[list[Sequence]]:
+    """Consecutive groups whose padded size (rows x longest row) stays within the budget."""
+    groups: list[list[Sequence]] = [[]]
+    width = 0
+    for s in seqs:
+        n = len(s.prompt_ids) + len(s.completion_ids)
+        if groups[-1] and max(width, n) * (len(groups[-1]) + 1) > token_budget:
+            groups.append([])
+            width = 0
+        groups[-1].append(s)
+        width = max(width, n)
+    return groups
+
+
+class Trainer:
+    def __init__(self, model: PreTrainedModel, optim: OptimConfig, algo: AlgorithmConfig, pad_id: int,
+                 temperature: float = 1.0, ref_model: PreTrainedModel | None = None):
+        self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
+        self.temperature, self.ref_model = temperature, ref_model
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+                                           weight_decay=optim.weight_decay)
+
+    def _token_loss(self, batch: dict[str, torch.Tensor], supervised: bool) -> tuple[torch.Tensor, dict]:
+        where = batch["mask"] > 0
+        logp = sequence_logprobs(self.model, batch["input_ids"], batch["attention_mask"], where,
+                                 1.0 if supervised else self.temperature)
+        if supervised:
+            return -logp, {}
+        a = self.algo
+        if a.loss == "aipo":
+            per_token = losses.aipo(logp, batch["mu"], batch["adv"], a.rho)
+        else:
+            per_token = losses.ppo_clip(logp, batch["mu"], batch["adv"], a.clip_eps)
+        stats = {"ratio_sum": (torch.exp(logp - batch["mu"]) * batch["mask"]).sum().item(),
+                 "clipped_sum": ((torch.exp(logp - batch["mu"]) > a.rho).float() * batch["mask"]).sum().item()}
+        if a.kl_coef > 0:
+            with torch.no_grad():
+                ref = sequence_logprobs(self.ref_model, batch["input_ids"], batch["attention_mask"], where,
+                                        self.temperature)
+            kl = losses.kl_k3(logp, ref)
+            per_token = per_token + a.kl_coef * kl
+            stats["kl_sum"] = (kl * batch["mask"]).sum().item()
+        return per_token, stats
+
+    def step(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
+        """One optimizer step on the whole batch, accumulated over micro-batches."""
+        self.model.train()
+        total_tokens = int(sum(sum(s.loss_mask) if s.loss_mask is not None else len(s.completion_ids) for s in seqs))
+        mode = "token" if supervised else self.algo.aggregation
+        loss_total, sums = 0.0, {}
+        for group in micro_batches(seqs, self.optim_cfg.micro_batch_tokens):
+            batch = collate(group, self.pad_id, self.device)
+            per_token, stats = self._token_loss(batch, supervised)
+            loss = losses.aggregate(per_token, batch["mask"], mode, max(total_tokens, 1), len(seqs))
+            loss.backward()
+            loss_total += loss.item()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = {"loss": loss_total, "grad_norm": grad_norm.item(), "trained_tokens": float(
+            sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs))}
+        metrics.update({k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in sums.items()})
+        return metrics
