@@ -24,10 +24,9 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
-    from relayrl.tasks import make_task
-
+    
     cfg = load_config(args.config, args.overrides)
-    task = make_task(cfg.task.name, cfg.task.arithmetic)
+    task = cfg.task.build()
     model, tokenizer = load_model_and_tokenizer(args.model)
     ks = tuple(int(k) for k in args.k.split(",")) if args.samples else ()
     result = evaluate(model, tokenizer, task.heldout(), task.scorer, cfg.sampling(task.stop_strings),

@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.rewards.verifier import RewardConfig
-from relayrl.tasks.arithmetic import ArithmeticConfig
+from relayrl.tasks import ArithmeticConfig, DatasetConfig, Task, make_task
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig
 
 
@@ -34,6 +34,10 @@ class ModelConfig:
 class TaskConfig:
     name: str = "arithmetic"
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+
+    def build(self) -> Task:
+        return make_task(self.name, self.arithmetic, self.dataset)
 
 
 @dataclass
@@ -99,7 +103,8 @@ CHOICES = {
     "algorithm.advantage": ("grpo", "rloo", "reinforce"),
     "algorithm.loss": ("aipo", "ppo"),
     "algorithm.aggregation": ("token", "sequence"),
-    "task.name": ("arithmetic",),
+    "task.name": ("arithmetic", "dataset"),
+    "task.dataset.on_bad_row": ("error", "skip"),
 }
 POSITIVE = ["steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
             "optim.lr", "optim.micro_batch_tokens", "algorithm.rho", "reward.timeout", "reward.workers",

@@ -88,11 +88,13 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             counters["dropped_stale"] += len(rollouts) - len(fresh)
             counters["reward_failures"] += int(sum(reward_stats.values()))
             counters["trained_tokens"] += int(metrics["trained_tokens"])
+            counters["rollouts_trained"] += len(fresh)
             metrics |= reward_stats | {
                 "reward": sum(r.reward for r in fresh) / len(fresh),
                 "completion_length": sum(len(r.completion_ids) for r in fresh) / len(fresh),
                 "staleness": sum(step - 1 - r.version for r in fresh) / len(fresh),
-                "dropped_stale": counters["dropped_stale"], "gen_seconds": gen_seconds, "wait_seconds": t1 - t0,
+                "dropped_stale": counters["dropped_stale"], "rollouts_trained": counters["rollouts_trained"],
+                "gen_seconds": gen_seconds, "wait_seconds": t1 - t0,
                 "train_seconds": t2 - t1, "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
                 "gen_share": gen_seconds / (gen_seconds + t2 - t1)}
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:

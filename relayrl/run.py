@@ -18,7 +18,6 @@ from relayrl.generation.sampler import encode_prompt
 from relayrl.models import TinySize, load_model_and_tokenizer
 from relayrl.rewards.verifier import VerifierScorer
 from relayrl.rollout import Rollout
-from relayrl.tasks import make_task
 from relayrl.training import checkpoint
 from relayrl.training.trainer import Sequence, Trainer
 
@@ -56,7 +55,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.gen_threads, train_threads = cfg.thread_budget()
         torch.set_num_threads(train_threads)
-        self.task = make_task(cfg.task.name, cfg.task.arithmetic)
+        self.task = cfg.task.build()
         ckpt = checkpoint.latest(self.ckpt_root) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.ckpt_root}")
@@ -96,7 +95,8 @@ class Run:
         result = self.evaluate()
         self.state = {"step": 0, "pending": [], "optimizer": None, "sft_seconds": time.perf_counter() - t0,
                       "heldout_start": result.accuracy, "heldout_interval_start": result.interval,
-                      "counters": {"dropped_stale": 0, "reward_failures": 0, "trained_tokens": 0, "rl_seconds": 0.0}}
+                      "counters": {"dropped_stale": 0, "reward_failures": 0, "trained_tokens": 0, "rollouts_trained": 0,
+                                   "rl_seconds": 0.0}}
         self.save("sft")
         return self.state
 
@@ -130,6 +130,6 @@ class Run:
             "heldout_interval_end": final.interval, "heldout_size": len(self.heldout),
             "wall_seconds": c["rl_seconds"], "sft_seconds": self.state["sft_seconds"],
             "trained_tokens_per_second": c["trained_tokens"] / max(c["rl_seconds"], 1e-9),
-            "dropped_stale": c["dropped_stale"], "reward_failures": c["reward_failures"],
+            "dropped_stale": c["dropped_stale"], "rollouts_trained": c["rollouts_trained"], "reward_failures": c["reward_failures"],
             "final_reward": records[-1].get("reward") if records else None,
         }

@@ -7,6 +7,8 @@ however the two processes are timed, and a generator never samples from a half-u
 
 from __future__ import annotations
 
+import os
+import queue
 import signal
 import time
 from collections import deque
@@ -87,9 +89,16 @@ class LocalGenerator:
 def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     torch.set_num_threads(threads)
-    worker = GeneratorWorker(model_config, tokenizer, sampling)
-    while (msg := inbox.get())[0] != "stop":
-        kind, *args = msg
+    worker, parent = GeneratorWorker(model_config, tokenizer, sampling), os.getppid()
+    while True:
+        try:
+            kind, *args = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the controller was killed: do not linger
+                return
+            continue
+        if kind == "stop":
+            return
         if kind == "weights":
             worker.load(*args)
         else:
@@ -120,7 +129,7 @@ class ProcessGenerator:
             try:
                 status, payload = self.outbox.get(timeout=1.0)
                 break
-            except Exception:  # noqa: BLE001 - queue.Empty: check the process is still alive
+            except queue.Empty:
                 if not self.proc.is_alive():
                     raise RuntimeError(f"generator process died (exit code {self.proc.exitcode})") from None
         if status == "error":

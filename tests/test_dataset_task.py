@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from relayrl.config import load_config
+from relayrl.tasks.dataset import DatasetConfig, DatasetTask, final_answer, score_final_answer
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+GOOD = [{"question": f"What is {i}+1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(20)]
+
+
+def test_bad_rows_are_reported_by_row_number(tmp_path):
+    rows = [*GOOD[:3], {"question": "no answer"}, GOOD[3], {"question": "", "answer": "1"}]
+    path = _write(tmp_path, rows)
+    with pytest.raises(ValueError, match=r"2 bad rows") as err:
+        DatasetTask(DatasetConfig(path=path))
+    assert "row 4: field 'answer' is missing" in str(err.value)
+    assert "row 6: field 'question' is empty" in str(err.value)
+
+
+def test_bad_rows_skipped_when_configured(tmp_path):
+    path = _write(tmp_path, [*GOOD, {"question": "no answer"}])
+    task = DatasetTask(DatasetConfig(path=path, on_bad_row="skip", heldout_fraction=0.25))
+    assert task.skipped == ["row 21: field 'answer' is missing"]
+    heldout = {it.prompt for it in task.heldout()}
+    assert len(heldout) == 5
+    assert not heldout & {task.train_item(i).prompt for i in range(100)}
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="task.dataset.path"):
+        DatasetTask(DatasetConfig(path=str(tmp_path / "nope.jsonl")))
+
+
+def test_final_answer_reading():
+    assert final_answer("so 3+4=7\n#### 7") == "7"
+    assert final_answer("The total is 1,234 dollars.") == "1234"
+    assert score_final_answer("it is 42", "work...\n#### 42") == 1.0
+    assert score_final_answer("nothing", "#### 42") == 0.0
+
+
+def test_dataset_task_from_config(tmp_path):
+    path = _write(tmp_path, GOOD)
+    cfg = load_config(None, ["task.name=dataset", f"task.dataset.path={path}"])
+    assert len(cfg.task.build().heldout()) == 2

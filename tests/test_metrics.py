@@ -1,0 +1,20 @@
+import math
+
+import pytest
+
+from relayrl.evaluation.metrics import pass_at_k, wilson_interval
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(10, 3, 1), (10, 3, 5), (8, 0, 4), (8, 8, 8), (20, 7, 10), (5, 4, 2)])
+def test_pass_at_k_closed_form(n, c, k):
+    assert math.isclose(pass_at_k(n, c, k), 1 - math.comb(n - c, k) / math.comb(n, k))
+
+
+def test_pass_at_1_is_fraction_correct():
+    assert math.isclose(pass_at_k(10, 3, 1), 0.3)
+
+
+def test_wilson_interval_contains_estimate():
+    lo, hi = wilson_interval(30, 100)
+    assert lo < 0.3 < hi
+    assert math.isclose(lo, 0.2189, abs_tol=1e-3) and math.isclose(hi, 0.3958, abs_tol=1e-3)

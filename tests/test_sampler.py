@@ -1,0 +1,55 @@
+import torch
+
+from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
+from relayrl.models import TinySize, load_model_and_tokenizer
+
+
+def _model(arch="tiny-llama"):
+    model, tok = load_model_and_tokenizer(arch, TinySize(hidden=32, layers=2, heads=2), seed=0)
+    return model.eval(), tok
+
+
+def test_behaviour_logprobs_match_a_full_forward_pass():
+    for arch in ("tiny-llama", "tiny-qwen2"):
+        model, tok = _model(arch)
+        prompts = [encode_prompt(tok, "Q:1+2\nA:"), encode_prompt(tok, "Q:12+34-5\nA:")]  # different lengths
+        cfg = SamplingConfig(max_new_tokens=12, temperature=0.7)
+        out = sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0))
+        for p, s in zip(prompts, out, strict=True):
+            ids = torch.tensor([p + s.completion_ids])
+            logits = model(ids).logits[0, len(p) - 1 : -1] / 0.7
+            expected = logits.log_softmax(-1).gather(-1, ids[0, len(p) :, None]).squeeze(-1)
+            assert torch.allclose(expected, torch.tensor(s.logprobs), atol=1e-5)
+
+
+def test_same_seed_same_samples_and_greedy_is_deterministic():
+    model, tok = _model()
+    prompts = [encode_prompt(tok, "Q:5-3\nA:")] * 4
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    a = sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(3))
+    b = sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(3))
+    assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
+    greedy = sample(model, prompts, SamplingConfig(10, temperature=0.0), tok.eos_token_id, tok.pad_token_id)
+    assert len({tuple(s.completion_ids) for s in greedy}) == 1
+
+
+def test_stop_strings_and_max_tokens():
+    model, tok = _model()
+    prompts = [encode_prompt(tok, "Q:5-3\nA:")] * 16
+    out = sample(model, prompts, SamplingConfig(max_new_tokens=6, stop_strings=("1", "2")), tok.eos_token_id,
+                 tok.pad_token_id, torch.Generator().manual_seed(0), tok.decode)
+    for s in out:
+        text = tok.decode(s.completion_ids)
+        assert len(s.completion_ids) <= 6
+        if s.finish_reason == "stop" and s.completion_ids[-1] != tok.eos_token_id:
+            assert text.endswith(("1", "2")) and not any(c in text[:-1] for c in "12")
+        if s.finish_reason == "length":
+            assert len(s.completion_ids) == 6 and not any(c in text for c in "12")
+
+
+def test_top_p_keeps_only_the_nucleus():
+    from relayrl.generation.sampler import _top_p_filter
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = _top_p_filter(logits.clone(), 0.7).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
