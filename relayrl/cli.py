@@ -24,15 +24,28 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
-    
+
     cfg = load_config(args.config, args.overrides)
     task = cfg.task.build()
     model, tokenizer = load_model_and_tokenizer(args.model)
     ks = tuple(int(k) for k in args.k.split(",")) if args.samples else ()
-    result = evaluate(model, tokenizer, task.heldout(), task.scorer, cfg.sampling(task.stop_strings),
-                      n_samples=args.samples, ks=ks, seed=cfg.seed)
-    out = {"model": args.model, "task": task.name, "n": len(result.outputs), "greedy_pass@1": result.accuracy,
-           "greedy_interval": result.interval} | {f"pass@{k}": v for k, v in result.pass_at.items()}
+    result = evaluate(
+        model,
+        tokenizer,
+        task.heldout(),
+        task.scorer,
+        cfg.sampling(task.stop_strings),
+        n_samples=args.samples,
+        ks=ks,
+        seed=cfg.seed,
+    )
+    out = {
+        "model": args.model,
+        "task": task.name,
+        "n": len(result.outputs),
+        "greedy_pass@1": result.accuracy,
+        "greedy_interval": result.interval,
+    } | {f"pass@{k}": v for k, v in result.pass_at.items()}
     print(json.dumps(out, indent=2))
     if args.output:
         with open(args.output, "w") as f:

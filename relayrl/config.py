@@ -86,7 +86,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
-    def sampling(self, stop_strings: list[str]) -> SamplingConfig:
+    def sampling(self, stop_strings: tuple[str, ...]) -> SamplingConfig:
         r = self.rollout
         return SamplingConfig(r.max_new_tokens, r.temperature, r.top_p, tuple(stop_strings))
 
@@ -106,11 +106,32 @@ CHOICES = {
     "task.name": ("arithmetic", "dataset"),
     "task.dataset.on_bad_row": ("error", "skip"),
 }
-POSITIVE = ["steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-            "optim.lr", "optim.micro_batch_tokens", "algorithm.rho", "reward.timeout", "reward.workers",
-            "sft.batch_size", "sft.lr", "eval_every", "checkpoint_every", "keep_checkpoints"]
-NON_NEGATIVE = ["max_staleness", "sft.steps", "rollout.temperature", "algorithm.kl_coef", "algorithm.clip_eps",
-                "optim.grad_clip", "threads.generator", "threads.trainer"]
+POSITIVE = [
+    "steps",
+    "rollout.prompts_per_step",
+    "rollout.samples_per_prompt",
+    "rollout.max_new_tokens",
+    "optim.lr",
+    "optim.micro_batch_tokens",
+    "algorithm.rho",
+    "reward.timeout",
+    "reward.workers",
+    "sft.batch_size",
+    "sft.lr",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+]
+NON_NEGATIVE = [
+    "max_staleness",
+    "sft.steps",
+    "rollout.temperature",
+    "algorithm.kl_coef",
+    "algorithm.clip_eps",
+    "optim.grad_clip",
+    "threads.generator",
+    "threads.trainer",
+]
 
 
 def _get(cfg: Config, dotted: str):

@@ -45,7 +45,7 @@ def train(cfg: Config | None = None, resume: Path | None = None, show_progress: 
     run, stop = Run(cfg, run_dir, resume is not None), StopFlag()
     try:
         if run.state is None:
-            run.warm_start(stop)
+            run.warm_start(stop, show_progress)
         _loop(cfg, run, stop, show_progress)
     finally:
         stop.restore()
@@ -53,7 +53,9 @@ def train(cfg: Config | None = None, resume: Path | None = None, show_progress: 
         final = run.last_eval
         records = read_jsonl(run_dir / "metrics.jsonl")
         report.write(run_dir, records, run.log_summary(records, final))
-        print(f"held-out accuracy {run.state['heldout_start']:.1%} -> {final.accuracy:.1%}; report: {run_dir}/report.md")
+        print(
+            f"held-out accuracy {run.state['heldout_start']:.1%} -> {final.accuracy:.1%}; report: {run_dir}/report.md"
+        )
     else:
         print(f"stopped at step {run.state['step']}; continue with: relayrl train --resume {run_dir}")
     return run_dir
@@ -93,15 +95,24 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
                 "reward": sum(r.reward for r in fresh) / len(fresh),
                 "completion_length": sum(len(r.completion_ids) for r in fresh) / len(fresh),
                 "staleness": sum(step - 1 - r.version for r in fresh) / len(fresh),
-                "dropped_stale": counters["dropped_stale"], "rollouts_trained": counters["rollouts_trained"],
-                "gen_seconds": gen_seconds, "wait_seconds": t1 - t0,
-                "train_seconds": t2 - t1, "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
-                "gen_share": gen_seconds / (gen_seconds + t2 - t1)}
+                "dropped_stale": counters["dropped_stale"],
+                "rollouts_trained": counters["rollouts_trained"],
+                "gen_seconds": gen_seconds,
+                "wait_seconds": t1 - t0,
+                "train_seconds": t2 - t1,
+                "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
+                "gen_share": gen_seconds / (gen_seconds + t2 - t1),
+            }
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 while next_batch - step - len(pending) > 0:  # drain what is in flight into the checkpoint
                     pending.append(generator.collect())
-                run.save(f"step_{step:06d}", step=step, pending=list(pending),
-                         optimizer=trainer.optimizer.state_dict(), counters=counters)
+                run.save(
+                    f"step_{step:06d}",
+                    step=step,
+                    pending=list(pending),
+                    optimizer=trainer.state_dict(),
+                    counters=counters,
+                )
             generator.publish(flatten(run.model), step)
             submit_up_to(step + depth)
             if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from datetime import datetime
 from pathlib import Path
 
 import torch
+from rich.progress import track
 
 from relayrl.algorithms import advantages
 from relayrl.config import Config, load_config, to_yaml
@@ -45,23 +47,26 @@ def to_sequences(rollouts: list[Rollout], estimator: str) -> list[Sequence]:
     complete = [g for g in groups.values() if len(g) == width]  # a group cut by dropped rollouts is not comparable
     rewards = torch.tensor([[r.reward for r in g] for g in complete], dtype=torch.float64)
     adv = advantages.compute(estimator, rewards)
-    return [Sequence(r.prompt_ids, r.completion_ids, r.logprobs, [float(adv[i, j])] * len(r.completion_ids))
-            for i, g in enumerate(complete) for j, r in enumerate(g)]
+    return [
+        Sequence(r.prompt_ids, r.completion_ids, r.logprobs, [float(adv[i, j])] * len(r.completion_ids))
+        for i, g in enumerate(complete)
+        for j, r in enumerate(g)
+    ]
 
 
 class Run:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False):
         self.cfg, self.dir, self.ckpt_root = cfg, run_dir, run_dir / "checkpoints"
         torch.manual_seed(cfg.seed)
-        self.gen_threads, train_threads = cfg.thread_budget()
-        torch.set_num_threads(train_threads)
+        self.gen_threads, self.train_threads = cfg.thread_budget()
         self.task = cfg.task.build()
         ckpt = checkpoint.latest(self.ckpt_root) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.ckpt_root}")
         m = cfg.model
-        self.model, self.tokenizer = load_model_and_tokenizer(str(ckpt) if ckpt else m.name_or_path,
-                                                              TinySize(m.hidden, m.layers, m.heads), cfg.seed)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            str(ckpt) if ckpt else m.name_or_path, TinySize(m.hidden, m.layers, m.heads), cfg.seed
+        )
         self.state: dict | None = checkpoint.load_state(ckpt) if ckpt else None
         if self.state:
             checkpoint.set_rng_state(self.state["rng"])
@@ -72,42 +77,75 @@ class Run:
         n = self.cfg.rollout.prompts_per_step
         indices = list(range(batch_index * n, (batch_index + 1) * n))
         items = [self.task.train_item(i) for i in indices]
-        return GenerateRequest(batch_index, indices, [encode_prompt(self.tokenizer, it.prompt) for it in items],
-                               [it.answer for it in items], self.cfg.rollout.samples_per_prompt,
-                               seed=self.cfg.seed * 1_000_003 + batch_index)
+        return GenerateRequest(
+            batch_index,
+            indices,
+            [encode_prompt(self.tokenizer, it.prompt) for it in items],
+            [it.answer for it in items],
+            self.cfg.rollout.samples_per_prompt,
+            seed=self.cfg.seed * 1_000_003 + batch_index,
+        )
 
     def evaluate(self) -> EvalResult:
         self.last_eval = evaluate(self.model, self.tokenizer, self.heldout, self.task.scorer, self.sampling)
         return self.last_eval
 
-    def warm_start(self, stop) -> dict:
+    def warm_start(self, stop, show_progress: bool = True) -> dict:
         """Supervised steps on worked solutions, then the held-out accuracy RL starts from."""
         s, t0 = self.cfg.sft, time.perf_counter()
-        sft = Trainer(self.model, dataclasses.replace(self.cfg.optim, lr=s.lr), self.cfg.algorithm, self.tokenizer.pad_token_id)
+        torch.set_num_threads(min(self.gen_threads + self.train_threads, os.cpu_count() or 1))  # nothing else runs yet
+        sft = Trainer(
+            self.model, dataclasses.replace(self.cfg.optim, lr=s.lr), self.cfg.algorithm, self.tokenizer.pad_token_id
+        )
         eos = [self.tokenizer.eos_token_id]
-        for step in range(s.steps):
+        for step in track(range(s.steps), description="SFT warm start", disable=not show_progress):
             if stop.requested:
                 raise KeyboardInterrupt
             items = [self.task.train_item(-1 - step * s.batch_size - i) for i in range(s.batch_size)]
-            sft.step([Sequence(encode_prompt(self.tokenizer, it.prompt),
-                               self.tokenizer(it.solution, add_special_tokens=False)["input_ids"] + eos)
-                      for it in items], supervised=True)
+            sft.step(
+                [
+                    Sequence(
+                        encode_prompt(self.tokenizer, it.prompt),
+                        self.tokenizer(it.solution, add_special_tokens=False)["input_ids"] + eos,
+                    )
+                    for it in items
+                ],
+                supervised=True,
+            )
         result = self.evaluate()
-        self.state = {"step": 0, "pending": [], "optimizer": None, "sft_seconds": time.perf_counter() - t0,
-                      "heldout_start": result.accuracy, "heldout_interval_start": result.interval,
-                      "counters": {"dropped_stale": 0, "reward_failures": 0, "trained_tokens": 0, "rollouts_trained": 0,
-                                   "rl_seconds": 0.0}}
+        self.state = {
+            "step": 0,
+            "pending": [],
+            "optimizer": None,
+            "sft_seconds": time.perf_counter() - t0,
+            "heldout_start": result.accuracy,
+            "heldout_interval_start": result.interval,
+            "counters": {
+                "dropped_stale": 0,
+                "reward_failures": 0,
+                "trained_tokens": 0,
+                "rollouts_trained": 0,
+                "rl_seconds": 0.0,
+            },
+        }
         self.save("sft")
         return self.state
 
     def trainer(self) -> Trainer:
+        torch.set_num_threads(self.train_threads)
         ref = copy.deepcopy(self.model).eval() if self.cfg.algorithm.kl_coef > 0 else None
         if ref is not None and (self.ckpt_root / "sft").exists():
             ref, _ = load_model_and_tokenizer(str(self.ckpt_root / "sft"))
-        trainer = Trainer(self.model, self.cfg.optim, self.cfg.algorithm, self.tokenizer.pad_token_id,
-                          self.cfg.rollout.temperature, ref)
+        trainer = Trainer(
+            self.model,
+            self.cfg.optim,
+            self.cfg.algorithm,
+            self.tokenizer.pad_token_id,
+            self.cfg.rollout.temperature,
+            ref,
+        )
         if self.state and self.state["optimizer"]:
-            trainer.optimizer.load_state_dict(self.state["optimizer"])
+            trainer.load_state_dict(self.state["optimizer"])
         return trainer
 
     def generator(self):
@@ -124,12 +162,20 @@ class Run:
     def log_summary(self, records: list[dict], final: EvalResult) -> dict:
         c = self.state["counters"]
         return {
-            "mode": self.cfg.mode, "task": self.task.name, "model": self.cfg.model.name_or_path,
-            "steps": self.state["step"], "heldout_accuracy_start": self.state["heldout_start"],
-            "heldout_interval_start": self.state["heldout_interval_start"], "heldout_accuracy_end": final.accuracy,
-            "heldout_interval_end": final.interval, "heldout_size": len(self.heldout),
-            "wall_seconds": c["rl_seconds"], "sft_seconds": self.state["sft_seconds"],
+            "mode": self.cfg.mode,
+            "task": self.task.name,
+            "model": self.cfg.model.name_or_path,
+            "steps": self.state["step"],
+            "heldout_accuracy_start": self.state["heldout_start"],
+            "heldout_interval_start": self.state["heldout_interval_start"],
+            "heldout_accuracy_end": final.accuracy,
+            "heldout_interval_end": final.interval,
+            "heldout_size": len(self.heldout),
+            "wall_seconds": c["rl_seconds"],
+            "sft_seconds": self.state["sft_seconds"],
             "trained_tokens_per_second": c["trained_tokens"] / max(c["rl_seconds"], 1e-9),
-            "dropped_stale": c["dropped_stale"], "rollouts_trained": c["rollouts_trained"], "reward_failures": c["reward_failures"],
+            "dropped_stale": c["dropped_stale"],
+            "rollouts_trained": c["rollouts_trained"],
+            "reward_failures": c["reward_failures"],
             "final_reward": records[-1].get("reward") if records else None,
         }

@@ -8,8 +8,13 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
 
-SHOWN = [("reward", "reward {:.3f}"), ("heldout_accuracy", "acc {:.1%}"), ("staleness", "stale {:.1f}"),
-         ("tokens_per_second", "{:.0f} tok/s"), ("gen_share", "gen {:.0%}")]
+SHOWN = [
+    ("reward", "reward {:.3f}"),
+    ("heldout_accuracy", "acc {:.1%}"),
+    ("staleness", "stale {:.1f}"),
+    ("tokens_per_second", "{:.0f} tok/s"),
+    ("gen_share", "gen {:.0%}"),
+]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -23,8 +28,15 @@ class Tracker:
         kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-        self.progress = Progress(TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not show)
+        self.progress = Progress(
+            TextColumn("[bold]RL"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not show,
+        )
         self.task = self.progress.add_task("rl", total=total_steps, completed=start_step, info="")
         self.last: dict = {}
         self.progress.start()

@@ -34,7 +34,7 @@ def test_bad_rows_skipped_when_configured(tmp_path):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="task.dataset.path"):
+    with pytest.raises(FileNotFoundError, match=r"task\.dataset\.path"):
         DatasetTask(DatasetConfig(path=str(tmp_path / "nope.jsonl")))
 
 

@@ -36,8 +36,15 @@ def test_same_seed_same_samples_and_greedy_is_deterministic():
 def test_stop_strings_and_max_tokens():
     model, tok = _model()
     prompts = [encode_prompt(tok, "Q:5-3\nA:")] * 16
-    out = sample(model, prompts, SamplingConfig(max_new_tokens=6, stop_strings=("1", "2")), tok.eos_token_id,
-                 tok.pad_token_id, torch.Generator().manual_seed(0), tok.decode)
+    out = sample(
+        model,
+        prompts,
+        SamplingConfig(max_new_tokens=6, stop_strings=("1", "2")),
+        tok.eos_token_id,
+        tok.pad_token_id,
+        torch.Generator().manual_seed(0),
+        tok.decode,
+    )
     for s in out:
         text = tok.decode(s.completion_ids)
         assert len(s.completion_ids) <= 6

@@ -1,7 +1,6 @@
 """End to end: the controller's guarantees (determinism, exact resume, reload)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,16 @@ from relayrl.controller import train
 from relayrl.evaluation.evaluate import evaluate
 from relayrl.tracking import read_jsonl
 
-COMPARED = ["reward", "loss", "grad_norm", "completion_length", "staleness", "heldout_accuracy", "trained_tokens",
-            "rollouts_trained"]
+COMPARED = [
+    "reward",
+    "loss",
+    "grad_norm",
+    "completion_length",
+    "staleness",
+    "heldout_accuracy",
+    "trained_tokens",
+    "rollouts_trained",
+]
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -43,8 +50,12 @@ def test_async_lags_by_one_version(tiny, tmp_path):
 
 
 def _cli(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "relayrl.cli", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "relayrl.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _kill_after_checkpoint(proc: subprocess.Popen, run_root: Path, checkpoint: str) -> Path:
@@ -65,8 +76,12 @@ def _kill_and_resume(tiny, tmp_path, **extra) -> Path:
     proc = _cli(*tiny(root, steps=10, checkpoint_every=4, **extra))
     run_dir = _kill_after_checkpoint(proc, root, "step_000004")
     assert not (run_dir / "summary.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "relayrl.cli", "train", "--resume", str(run_dir)],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "relayrl.cli", "train", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return run_dir
 
@@ -113,7 +128,13 @@ def test_trained_checkpoint_reloads_with_transformers(tiny, tmp_path):
     result = evaluate(model, tokenizer, task.heldout(), task.scorer, cfg.sampling(task.stop_strings))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result.accuracy == summary["heldout_accuracy_end"]
-    assert {"heldout_accuracy_start", "heldout_accuracy_end", "steps", "wall_seconds", "trained_tokens_per_second",
-            "mode"} <= summary.keys()
+    assert {
+        "heldout_accuracy_start",
+        "heldout_accuracy_end",
+        "steps",
+        "wall_seconds",
+        "trained_tokens_per_second",
+        "mode",
+    } <= summary.keys()
     assert (run_dir / "report.md").exists() and (run_dir / "report.png").stat().st_size > 0
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()

@@ -28,7 +28,9 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(diff) - diff - 1
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, total_tokens: int, total_seqs: int) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, mode: str, total_tokens: int, total_seqs: int
+) -> torch.Tensor:
     """Sum the loss of this micro-batch, normalised by the whole batch's size.
 
     token: every token of the batch weighs the same (sum / total_tokens).

@@ -19,8 +19,17 @@ class EvalResult:
     outputs: list[dict]
 
 
-def evaluate(model, tokenizer, items: list[Item], scorer: Scorer, sampling: SamplingConfig, batch_size: int = 128,
-             n_samples: int = 0, ks: tuple[int, ...] = (), seed: int = 0) -> EvalResult:
+def evaluate(
+    model,
+    tokenizer,
+    items: list[Item],
+    scorer: Scorer,
+    sampling: SamplingConfig,
+    batch_size: int = 128,
+    n_samples: int = 0,
+    ks: tuple[int, ...] = (),
+    seed: int = 0,
+) -> EvalResult:
     """Greedy accuracy; with n_samples > 0 also pass@k at `sampling.temperature`."""
     model.eval()
     greedy = SamplingConfig(sampling.max_new_tokens, 0.0, 1.0, sampling.stop_strings)
@@ -29,20 +38,44 @@ def evaluate(model, tokenizer, items: list[Item], scorer: Scorer, sampling: Samp
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         prompts = [encode_prompt(tokenizer, it.prompt) for it in chunk]
-        texts = [[_text(s, tokenizer) for s in sample(model, prompts, greedy, tokenizer.eos_token_id,
-                                                        tokenizer.pad_token_id, gen, tokenizer.decode)]]
+        texts = [
+            [
+                _text(s, tokenizer)
+                for s in sample(
+                    model, prompts, greedy, tokenizer.eos_token_id, tokenizer.pad_token_id, gen, tokenizer.decode
+                )
+            ]
+        ]
         if n_samples:
-            many = sample(model, [p for p in prompts for _ in range(n_samples)], sampling, tokenizer.eos_token_id,
-                          tokenizer.pad_token_id, gen, tokenizer.decode)
+            many = sample(
+                model,
+                [p for p in prompts for _ in range(n_samples)],
+                sampling,
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                gen,
+                tokenizer.decode,
+            )
             texts.append([_text(s, tokenizer) for s in many])
         for i, it in enumerate(chunk):
             g = texts[0][i]
             samples = texts[1][i * n_samples : (i + 1) * n_samples] if n_samples else []
-            outputs.append({"prompt": it.prompt, "answer": it.answer, "greedy": g, "greedy_correct": scorer(g, it.answer),
-                            "samples_correct": [scorer(s, it.answer) for s in samples], "samples": samples})
+            outputs.append(
+                {
+                    "prompt": it.prompt,
+                    "answer": it.answer,
+                    "greedy": g,
+                    "greedy_correct": scorer(g, it.answer),
+                    "samples_correct": [scorer(s, it.answer) for s in samples],
+                    "samples": samples,
+                }
+            )
     correct = sum(o["greedy_correct"] >= 1.0 for o in outputs)
-    pass_at = {k: sum(pass_at_k(n_samples, sum(c >= 1.0 for c in o["samples_correct"]), k) for o in outputs)
-               / len(outputs) for k in ks if n_samples}
+    pass_at = {
+        k: sum(pass_at_k(n_samples, sum(c >= 1.0 for c in o["samples_correct"]), k) for o in outputs) / len(outputs)
+        for k in ks
+        if n_samples
+    }
     return EvalResult(correct / len(outputs), wilson_interval(correct, len(outputs)), pass_at, outputs)
 
 

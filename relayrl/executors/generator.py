@@ -49,13 +49,27 @@ class GeneratorWorker:
         start, n = time.perf_counter(), req.samples_per_prompt
         prompts = [p for p in req.prompt_ids for _ in range(n)]
         gen = torch.Generator().manual_seed(req.seed)
-        samples = sample(self.model, prompts, self.sampling, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                         gen, self.tokenizer.decode)
+        samples = sample(
+            self.model,
+            prompts,
+            self.sampling,
+            self.tokenizer.eos_token_id,
+            self.tokenizer.pad_token_id,
+            gen,
+            self.tokenizer.decode,
+        )
         rollouts = [
-            Rollout(prompt_index=req.prompt_indices[i // n], sample_index=i % n, prompt_ids=prompts[i],
-                    completion_ids=s.completion_ids, logprobs=s.logprobs, version=self.version,
-                    text=self.tokenizer.decode(s.completion_ids, skip_special_tokens=True),
-                    finish_reason=s.finish_reason, answer=req.answers[i // n])
+            Rollout(
+                prompt_index=req.prompt_indices[i // n],
+                sample_index=i % n,
+                prompt_ids=prompts[i],
+                completion_ids=s.completion_ids,
+                logprobs=s.logprobs,
+                version=self.version,
+                text=self.tokenizer.decode(s.completion_ids, skip_special_tokens=True),
+                finish_reason=s.finish_reason,
+                answer=req.answers[i // n],
+            )
             for i, s in enumerate(samples)
         ]
         return rollouts, time.perf_counter() - start
@@ -104,7 +118,7 @@ def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, thr
         else:
             try:
                 outbox.put(("ok", worker.generate(*args)))
-            except Exception as e:  # noqa: BLE001 - reported to the controller, which raises it
+            except Exception as e:
                 outbox.put(("error", f"{type(e).__name__}: {e}"))
 
 
@@ -114,8 +128,9 @@ class ProcessGenerator:
     def __init__(self, model_config, tokenizer, sampling: SamplingConfig, threads: int = 1):
         ctx = mp.get_context("spawn")
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        self.proc = ctx.Process(target=_serve, args=(self.inbox, self.outbox, model_config, tokenizer, sampling, threads),
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=_serve, args=(self.inbox, self.outbox, model_config, tokenizer, sampling, threads), daemon=True
+        )
         self.proc.start()
 
     def publish(self, flat: torch.Tensor, version: int) -> None:

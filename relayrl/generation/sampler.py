@@ -67,8 +67,19 @@ def sample(
     reasons = ["length"] * batch
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
     for t in range(cfg.max_new_tokens):
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1].float() / temperature
+        logits = (
+            model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+            / temperature
+        )
         logprobs = logits.log_softmax(-1)
         if cfg.temperature == 0:
             token = logits.argmax(-1)

@@ -37,7 +37,7 @@ class VerifierScorer:
             except FutureTimeout:
                 r.reward, r.reward_failed = self.cfg.failure_reward, True
                 counts["reward_timeouts"] += 1
-            except Exception:  # noqa: BLE001 - any scorer bug becomes a counted failure
+            except Exception:
                 r.reward, r.reward_failed = self.cfg.failure_reward, True
                 counts["reward_errors"] += 1
         return counts

@@ -35,7 +35,7 @@ def _apply(a: int, op: str, b: int) -> int:
 
 
 class ArithmeticTask:
-    stop_strings: list[str] = []
+    stop_strings: tuple[str, ...] = ()
     scorer = staticmethod(score_arithmetic)
 
     def __init__(self, cfg: ArithmeticConfig):

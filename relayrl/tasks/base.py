@@ -21,7 +21,7 @@ class Item:
 class Task(Protocol):
     name: str
     scorer: Scorer
-    stop_strings: list[str]
+    stop_strings: tuple[str, ...]
 
     def train_item(self, index: int) -> Item:
         """Item `index` of the (endless, deterministic) training stream; never a held-out item."""

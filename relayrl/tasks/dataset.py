@@ -61,8 +61,11 @@ def validate_rows(rows: list[dict], cfg: DatasetConfig) -> tuple[list[Item], lis
     """Items from the good rows, and one message per bad row (row numbers count from 1)."""
     items, problems = [], []
     for number, row in enumerate(rows, start=1):
-        bad = [f"field {f!r} is {'missing' if row.get(f) is None else 'empty'}"
-               for f in (cfg.question_field, cfg.answer_field) if row.get(f) is None or not str(row[f]).strip()]
+        bad = [
+            f"field {f!r} is {'missing' if row.get(f) is None else 'empty'}"
+            for f in (cfg.question_field, cfg.answer_field)
+            if row.get(f) is None or not str(row[f]).strip()
+        ]
         if bad:
             problems.append(f"row {number}: " + "; ".join(bad))
             continue
@@ -72,7 +75,7 @@ def validate_rows(rows: list[dict], cfg: DatasetConfig) -> tuple[list[Item], lis
 
 
 class DatasetTask:
-    stop_strings: list[str] = []
+    stop_strings: tuple[str, ...] = ()
     scorer = staticmethod(score_final_answer)
 
     def __init__(self, cfg: DatasetConfig, rows: list[dict] | None = None):
@@ -82,9 +85,13 @@ class DatasetTask:
             raise ValueError("task.dataset.path: a hub name or a local .jsonl/.csv/.parquet file is required")
         items, problems = validate_rows(load_rows(cfg) if rows is None else rows, cfg)
         if problems and cfg.on_bad_row == "error":
-            shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-            raise ValueError(f"task.dataset {cfg.path}: {len(problems)} bad rows (set task.dataset.on_bad_row=skip "
-                             f"to skip them):\n  {shown}")
+            shown = "\n  ".join(problems[:20]) + (
+                f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            )
+            raise ValueError(
+                f"task.dataset {cfg.path}: {len(problems)} bad rows (set task.dataset.on_bad_row=skip "
+                f"to skip them):\n  {shown}"
+            )
         if len(items) < 2:
             raise ValueError(f"task.dataset {cfg.path}: needs at least 2 good rows, has {len(items)}")
         self.skipped = problems

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # our own progress bar is the one to read
 
 
 def rng_state() -> dict:

@@ -22,6 +22,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
+    warmup_steps: int = 10  # linear learning-rate warm-up: a fresh Adam's first steps are full-size
     micro_batch_tokens: int = 16384  # padded tokens per forward/backward; gradients accumulate
 
 
@@ -46,22 +47,31 @@ class Sequence:
     loss_mask: list[float] | None = None  # 1 where a completion token counts; None = all
 
 
-def _token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def _token_logprobs(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     logits = head(hidden).float() / temperature
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def sequence_logprobs(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: torch.Tensor,
-    temperature: float = 1.0, chunk: int = 4096,
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    where: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = 4096,
 ) -> torch.Tensor:
     """log pi(token_{j+1} | tokens_<=j) at the (B, L-1) positions `where`; zeros elsewhere."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][where]
     targets = input_ids[:, 1:][where]
     head = model.get_output_embeddings()
     parts = [
-        checkpoint(_token_logprobs, head, hidden[i : i + chunk], targets[i : i + chunk], temperature, use_reentrant=False)
-        if torch.is_grad_enabled() else _token_logprobs(head, hidden[i : i + chunk], targets[i : i + chunk], temperature)
+        checkpoint(
+            _token_logprobs, head, hidden[i : i + chunk], targets[i : i + chunk], temperature, use_reentrant=False
+        )
+        if torch.is_grad_enabled()
+        else _token_logprobs(head, hidden[i : i + chunk], targets[i : i + chunk], temperature)
         for i in range(0, hidden.shape[0], chunk)
     ]
     out = torch.zeros(where.shape, dtype=torch.float32, device=input_ids.device)
@@ -105,18 +115,27 @@ def micro_batches(seqs: list[Sequence], token_budget: int) -> list[list[Sequence
 
 
 class Trainer:
-    def __init__(self, model: PreTrainedModel, optim: OptimConfig, algo: AlgorithmConfig, pad_id: int,
-                 temperature: float = 1.0, ref_model: PreTrainedModel | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        optim: OptimConfig,
+        algo: AlgorithmConfig,
+        pad_id: int,
+        temperature: float = 1.0,
+        ref_model: PreTrainedModel | None = None,
+    ):
         self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+        )
 
     def _token_loss(self, batch: dict[str, torch.Tensor], supervised: bool) -> tuple[torch.Tensor, dict]:
         where = batch["mask"] > 0
-        logp = sequence_logprobs(self.model, batch["input_ids"], batch["attention_mask"], where,
-                                 1.0 if supervised else self.temperature)
+        logp = sequence_logprobs(
+            self.model, batch["input_ids"], batch["attention_mask"], where, 1.0 if supervised else self.temperature
+        )
         if supervised:
             return -logp, {}
         a = self.algo
@@ -124,12 +143,15 @@ class Trainer:
             per_token = losses.aipo(logp, batch["mu"], batch["adv"], a.rho)
         else:
             per_token = losses.ppo_clip(logp, batch["mu"], batch["adv"], a.clip_eps)
-        stats = {"ratio_sum": (torch.exp(logp - batch["mu"]) * batch["mask"]).sum().item(),
-                 "clipped_sum": ((torch.exp(logp - batch["mu"]) > a.rho).float() * batch["mask"]).sum().item()}
+        stats = {
+            "ratio_sum": (torch.exp(logp - batch["mu"]) * batch["mask"]).sum().item(),
+            "clipped_sum": ((torch.exp(logp - batch["mu"]) > a.rho).float() * batch["mask"]).sum().item(),
+        }
         if a.kl_coef > 0:
             with torch.no_grad():
-                ref = sequence_logprobs(self.ref_model, batch["input_ids"], batch["attention_mask"], where,
-                                        self.temperature)
+                ref = sequence_logprobs(
+                    self.ref_model, batch["input_ids"], batch["attention_mask"], where, self.temperature
+                )
             kl = losses.kl_k3(logp, ref)
             per_token = per_token + a.kl_coef * kl
             stats["kl_sum"] = (kl * batch["mask"]).sum().item()
@@ -151,8 +173,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
         self.optimizer.step()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = {"loss": loss_total, "grad_norm": grad_norm.item(), "trained_tokens": float(
-            sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs))}
+        metrics = {
+            "loss": loss_total,
+            "grad_norm": grad_norm.item(),
+            "trained_tokens": float(sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)),
+        }
         metrics.update({k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in sums.items()})
         return metrics
