@@ -138,3 +138,20 @@ def test_trained_checkpoint_reloads_with_transformers(tiny, tmp_path):
     } <= summary.keys()
     assert (run_dir / "report.md").exists() and (run_dir / "report.png").stat().st_size > 0
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_eval_cli_reports_greedy_and_pass_at_k(tiny, tmp_path, capsys):
+    from relayrl.cli import main
+
+    run_dir = _run(tiny, tmp_path, "evalcli", mode="sync", steps=2)
+    capsys.readouterr()
+    out_file = tmp_path / "outputs.jsonl"
+    overrides = [o for o in tiny(tmp_path) if o.startswith("task.")]
+    ckpt = str(run_dir / "checkpoints" / "step_000002")
+    main(["eval", ckpt, *overrides, "--samples", "4", "--k", "1,4", "--output", str(out_file)])
+    report = json.loads(capsys.readouterr().out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert report["greedy_pass@1"] == summary["heldout_accuracy_end"]
+    assert 0 <= report["pass@1"] <= report["pass@4"] <= 1
+    lines = read_jsonl(out_file)
+    assert len(lines) == 16 and all(len(r["samples"]) == 4 for r in lines)
