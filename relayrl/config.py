@@ -44,17 +44,17 @@ class TaskConfig:
 class SFTConfig:
     """Supervised warm start on the task's worked solutions, before RL."""
 
-    steps: int = 150
+    steps: int = 600
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
 
 
 @dataclass
 class RolloutConfig:
-    prompts_per_step: int = 16
+    prompts_per_step: int = 32
     samples_per_prompt: int = 8
     max_new_tokens: int = 32
-    temperature: float = 1.0
+    temperature: float = 0.7
     top_p: float = 1.0
 
 
@@ -71,7 +71,7 @@ class Config:
     seed: int = 0
     mode: str = "async"  # async | sync
     max_staleness: int = 1  # async: rollouts may lag the trainer by at most this many versions
-    steps: int = 150
+    steps: int = 350
     eval_every: int = 25
     checkpoint_every: int = 25
     keep_checkpoints: int = 2
