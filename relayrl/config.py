@@ -44,7 +44,7 @@ class TaskConfig:
 class SFTConfig:
     """Supervised warm start on the task's worked solutions, before RL."""
 
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
 

@@ -75,6 +75,16 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             generator.submit(run.request(next_batch))
             next_batch += 1
 
+    def checkpoint() -> None:
+        nonlocal saved
+        while next_batch - step - len(pending) > 0:  # drain what is in flight into the checkpoint
+            pending.append(generator.collect())
+        run.save(
+            f"step_{step:06d}", step=step, pending=list(pending), optimizer=trainer.state_dict(), counters=counters
+        )
+        saved = step
+
+    saved = step
     generator.publish(flatten(run.model), step)
     submit_up_to(step + depth)
     try:
@@ -104,21 +114,15 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
                 "gen_share": gen_seconds / (gen_seconds + t2 - t1),
             }
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                while next_batch - step - len(pending) > 0:  # drain what is in flight into the checkpoint
-                    pending.append(generator.collect())
-                run.save(
-                    f"step_{step:06d}",
-                    step=step,
-                    pending=list(pending),
-                    optimizer=trainer.state_dict(),
-                    counters=counters,
-                )
+                checkpoint()
             generator.publish(flatten(run.model), step)
             submit_up_to(step + depth)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 metrics["heldout_accuracy"] = run.evaluate().accuracy
             counters["rl_seconds"] += time.perf_counter() - t0
             tracker.log(step, metrics)
+        if stop.requested and saved != step:  # Ctrl-C came after this step's checkpoint decision
+            checkpoint()
     finally:
         tracker.close()
         generator.close()

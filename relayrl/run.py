@@ -101,6 +101,7 @@ class Run:
         for step in track(range(s.steps), description="SFT warm start", disable=not show_progress):
             if stop.requested:
                 raise KeyboardInterrupt
+            # negative indices: a stream of its own, disjoint from the RL prompts (0, 1, 2, ...)
             items = [self.task.train_item(-1 - step * s.batch_size - i) for i in range(s.batch_size)]
             sft.step(
                 [

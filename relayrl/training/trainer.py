@@ -152,9 +152,15 @@ class Trainer:
             per_token = losses.aipo(logp, batch["mu"], batch["adv"], a.rho)
         else:
             per_token = losses.ppo_clip(logp, batch["mu"], batch["adv"], a.clip_eps)
+        ratio = torch.exp(logp - batch["mu"]).detach()
         stats = {
-            "ratio_sum": (torch.exp(logp - batch["mu"]) * batch["mask"]).sum().item(),
-            "clipped_sum": ((torch.exp(logp - batch["mu"]) > a.rho).float() * batch["mask"]).sum().item(),
+            "ratio_sum": (ratio * batch["mask"]).sum().item(),
+            # tokens whose weight the loss bounds: truncated at rho (AIPO) or outside the PPO clip range
+            "clipped_sum": (
+                ((ratio > a.rho) if a.loss == "aipo" else ((ratio - 1).abs() > a.clip_eps)).float() * batch["mask"]
+            )
+            .sum()
+            .item(),
         }
         if a.kl_coef > 0:
             with torch.no_grad():
