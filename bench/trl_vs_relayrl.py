@@ -5,7 +5,7 @@ prompt, max completion tokens, temperature, learning rate and number of RL steps
 
 * trained tokens per second: prompt + completion tokens (unpadded, completion including its EOS)
   of every rollout trained on, divided by the RL wall time;
-* RL wall time: relayrl's own `wall_seconds` (the RL loop, which includes its periodic held-out
+* RL wall time: relayrl's own `rl_seconds` (the RL loop, which includes its periodic held-out
   evaluations and checkpoints; the supervised warm start is excluded), and for TRL only
   `trainer.train()`;
 * greedy held-out accuracy before and after RL, with `relayrl.evaluation.evaluate.evaluate`;
@@ -302,7 +302,7 @@ def relayrl_block(child: dict, tree_peak: float | None) -> dict:
     rewards = [r["reward"] for r in records if "reward" in r]
     return {
         "trained_tokens_per_second": summary["trained_tokens_per_second"],
-        "wall_seconds": summary["wall_seconds"],
+        "wall_seconds": summary["rl_seconds"],
         "trained_tokens": tokens,
         "trained_tokens_per_second_excluding_eval_checkpoint": tokens / loop_seconds if loop_seconds else None,
         "steps": summary["steps"],

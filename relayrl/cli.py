@@ -1,4 +1,4 @@
-"""relayrl train | eval."""
+"""relayrl train | eval | models import."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from relayrl.config import ConfigError, load_config
+from relayrl.model_import import KNOWN_MODELS, ModelImportError, default_dir, import_gguf, import_known
 
 
 def _train(args) -> None:
@@ -52,6 +53,16 @@ def _eval(args) -> None:
             f.writelines(json.dumps(o) + "\n" for o in result.outputs)
 
 
+def _models_import(args) -> None:
+    output = Path(args.output) if args.output else None
+    if args.gguf:
+        gguf = Path(args.gguf)
+        folder = import_gguf(gguf, output or default_dir(args.name or gguf.stem))
+    else:
+        folder = import_known(args.model, output)
+    print(folder)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="relayrl")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,12 +79,22 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--k", default="1", help="comma-separated k for pass@k")
     e.add_argument("--output", help="write per-item outputs here as JSONL")
     e.set_defaults(func=_eval)
+    m = sub.add_parser("models", help="manage local models").add_subparsers(dest="action", required=True)
+    i = m.add_parser("import", help="convert a GGUF into an HF model folder (cached); prints the folder")
+    source = i.add_mutually_exclusive_group(required=True)
+    source.add_argument("model", nargs="?", help=f"a known model: {', '.join(sorted(KNOWN_MODELS))}")
+    source.add_argument("--gguf", metavar="FILE", help="a GGUF file to convert")
+    i.add_argument("--name", help="cache name for --gguf (default: the file name without .gguf)")
+    i.add_argument("--output", metavar="DIR", help="write the model folder here instead of the cache")
+    i.set_defaults(func=_models_import)
     args = parser.parse_args(argv)
-    if args.config and "=" in args.config:  # only overrides were given
+    if getattr(args, "name", None) and not args.gguf:
+        i.error("--name names a --gguf import; a known model keeps its own name")
+    if getattr(args, "config", None) and "=" in args.config:  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ModelImportError) as err:
         sys.exit(f"relayrl: error: {err}")
 
 

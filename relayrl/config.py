@@ -71,7 +71,7 @@ class Config:
     seed: int = 0
     mode: str = "async"  # async | sync
     max_staleness: int = 1  # async: rollouts may lag the trainer by at most this many versions
-    steps: int = 350
+    steps: int = 250
     eval_every: int = 25
     checkpoint_every: int = 25
     keep_checkpoints: int = 2

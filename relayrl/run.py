@@ -57,6 +57,7 @@ def to_sequences(rollouts: list[Rollout], estimator: str) -> list[Sequence]:
 class Run:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False):
         self.cfg, self.dir, self.ckpt_root = cfg, run_dir, run_dir / "checkpoints"
+        self.started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         self.gen_threads, self.train_threads = cfg.thread_budget()
         self.task = cfg.task.build()
@@ -70,6 +71,7 @@ class Run:
         self.state: dict | None = checkpoint.load_state(ckpt) if ckpt else None
         if self.state:
             checkpoint.set_rng_state(self.state["rng"])
+        self.wall_before = self.state["wall_seconds"] if self.state else 0.0  # earlier sessions of a resumed run
         self.sampling = cfg.sampling(self.task.stop_strings)
         self.heldout = self.task.heldout()
 
@@ -156,8 +158,12 @@ class Run:
     def scorer(self) -> VerifierScorer:
         return VerifierScorer(self.task.scorer, self.cfg.reward)
 
+    def wall_seconds(self) -> float:
+        """Since the run began, set-up and SFT included, summed over resumed sessions."""
+        return self.wall_before + time.perf_counter() - self.started
+
     def save(self, name: str, **state) -> None:
-        self.state.update(state)
+        self.state.update(state, wall_seconds=self.wall_seconds())
         checkpoint.save(self.ckpt_root, name, self.model, self.tokenizer, self.state, self.cfg.keep_checkpoints)
 
     def log_summary(self, records: list[dict], final: EvalResult) -> dict:
@@ -172,7 +178,8 @@ class Run:
             "heldout_accuracy_end": final.accuracy,
             "heldout_interval_end": final.interval,
             "heldout_size": len(self.heldout),
-            "wall_seconds": c["rl_seconds"],
+            "wall_seconds": self.wall_seconds(),
+            "rl_seconds": c["rl_seconds"],
             "sft_seconds": self.state["sft_seconds"],
             "trained_tokens_per_second": c["trained_tokens"] / max(c["rl_seconds"], 1e-9),
             "dropped_stale": c["dropped_stale"],

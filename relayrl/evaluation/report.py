@@ -34,7 +34,8 @@ def write(run_dir: Path, records: list[dict], summary: dict) -> None:
         f"# relayrl run: {run_dir.name}",
         "",
         f"Task `{s['task']}`, model `{s['model']}`, mode **{s['mode']}**, {s['steps']} RL steps "
-        f"in {s['wall_seconds']:.0f} s (SFT warm start {s['sft_seconds']:.0f} s).",
+        f"in {s['rl_seconds']:.0f} s; {s['wall_seconds']:.0f} s in all, "
+        f"SFT warm start ({s['sft_seconds']:.0f} s) included.",
         "",
         "| held-out accuracy (greedy) | value | 95% CI |",
         "|---|---|---|",
