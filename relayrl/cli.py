@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from relayrl.config import ConfigError, load_config
+from relayrl.config import ConfigError, load_config, task_preset, task_presets
 from relayrl.model_import import KNOWN_MODELS, ModelImportError, default_dir, import_gguf, import_known
 
 
@@ -23,34 +22,39 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
+    from relayrl.evaluation import compare
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
 
-    cfg = load_config(args.config, args.overrides)
+    models = [a for a in args.args if "=" not in a and not a.endswith((".yaml", ".yml"))]
+    configs = [a for a in args.args if a.endswith((".yaml", ".yml"))]
+    overrides = [a for a in args.args if "=" in a]
+    if not models:
+        raise ConfigError("eval: name at least one model, checkpoint folder or hub id")
+    cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
     task = cfg.task.build()
-    model, tokenizer = load_model_and_tokenizer(args.model)
     ks = tuple(int(k) for k in args.k.split(",")) if args.samples else ()
-    result = evaluate(
-        model,
-        tokenizer,
-        task.heldout(),
-        task.scorer,
-        cfg.sampling(task.stop_strings),
-        n_samples=args.samples,
-        ks=ks,
-        seed=cfg.seed,
-    )
-    out = {
-        "model": args.model,
-        "task": task.name,
-        "n": len(result.outputs),
-        "greedy_pass@1": result.accuracy,
-        "greedy_interval": result.interval,
-    } | {f"pass@{k}": v for k, v in result.pass_at.items()}
-    print(json.dumps(out, indent=2))
+    rows, results = [], []
+    for name in models:
+        model, tokenizer = load_model_and_tokenizer(name)
+        results.append(
+            evaluate(
+                model,
+                tokenizer,
+                task.heldout(),
+                task.scorer,
+                cfg.sampling(task.stop_strings),
+                n_samples=args.samples,
+                ks=ks,
+                seed=cfg.seed,
+                extract=task.extract,
+            )
+        )
+        rows.append(compare.summary(name, task.name, results[-1]))
+    print(compare.table(rows))
     if args.output:
-        with open(args.output, "w") as f:
-            f.writelines(json.dumps(o) + "\n" for o in result.outputs)
+        compare.write(Path(args.output), rows, results)
+        print(f"per-item outputs, eval.json, compare.md and compare.png in {args.output}")
 
 
 def _models_import(args) -> None:
@@ -71,13 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=50 algorithm.loss=ppo")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     t.set_defaults(func=_train)
-    e = sub.add_parser("eval", help="score a model or checkpoint on a task's held-out set")
-    e.add_argument("model", help="checkpoint folder, HF model folder or hub id")
-    e.add_argument("config", nargs="?", help="a YAML config file naming the task")
-    e.add_argument("overrides", nargs="*")
-    e.add_argument("--samples", type=int, default=0, help="samples per item for pass@k (0: greedy only)")
-    e.add_argument("--k", default="1", help="comma-separated k for pass@k")
-    e.add_argument("--output", help="write per-item outputs here as JSONL")
+    e = sub.add_parser("eval", help="score models or checkpoints on a task's held-out set, side by side")
+    e.add_argument("args", nargs="+", help="models (checkpoint folders, HF folders, hub ids), a YAML config, overrides")
+    e.add_argument("--task", help=f"a task preset ({', '.join(task_presets())}) or a YAML file with a task section")
+    e.add_argument("--samples", type=int, default=0, help="samples per item for pass@k and maj@k (0: greedy only)")
+    e.add_argument("--k", default="1", help="comma-separated k for pass@k and maj@k")
+    e.add_argument("--output", metavar="DIR", help="write per-item JSONL, eval.json, compare.md and compare.png here")
     e.set_defaults(func=_eval)
     m = sub.add_parser("models", help="manage local models").add_subparsers(dest="action", required=True)
     i = m.add_parser("import", help="convert a GGUF into an HF model folder (cached); prints the folder")

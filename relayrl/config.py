@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -105,6 +106,7 @@ CHOICES = {
     "algorithm.aggregation": ("token", "sequence"),
     "task.name": ("arithmetic", "dataset"),
     "task.dataset.on_bad_row": ("error", "skip"),
+    "task.dataset.scorer": ("math", "exact"),
 }
 POSITIVE = [
     "steps",
@@ -158,10 +160,11 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(paths: str | list[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then each YAML file in order, then dotted overrides."""
     try:
         merged = OmegaConf.structured(Config)
-        if path:
+        for path in [paths] if isinstance(paths, str) else paths or []:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.to_object(merged)
@@ -169,6 +172,22 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     return validate(cfg)
+
+
+PRESETS = Path(__file__).parent / "tasks" / "presets"
+
+
+def task_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def task_preset(name: str) -> str:
+    """A preset's YAML file by name (gsm8k, math500, ...), or `name` itself if it is a YAML file."""
+    if name.endswith((".yaml", ".yml")):
+        return name
+    if not (PRESETS / f"{name}.yaml").exists():
+        raise ConfigError(f"--task: unknown preset {name!r}; presets are {', '.join(task_presets())}")
+    return str(PRESETS / f"{name}.yaml")
 
 
 def to_yaml(cfg: Config) -> str:

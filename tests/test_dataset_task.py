@@ -27,7 +27,7 @@ def test_bad_rows_are_reported_by_row_number(tmp_path):
 def test_bad_rows_skipped_when_configured(tmp_path):
     path = _write(tmp_path, [*GOOD, {"question": "no answer"}])
     task = DatasetTask(DatasetConfig(path=path, on_bad_row="skip", heldout_fraction=0.25))
-    assert task.skipped == ["row 21: field 'answer' is missing"]
+    assert task.skipped == [f"{path} row 21: field 'answer' is missing"]
     heldout = {it.prompt for it in task.heldout()}
     assert len(heldout) == 5
     assert not heldout & {task.train_item(i).prompt for i in range(100)}
@@ -49,3 +49,39 @@ def test_dataset_task_from_config(tmp_path):
     path = _write(tmp_path, GOOD)
     cfg = load_config(None, ["task.name=dataset", f"task.dataset.path={path}"])
     assert len(cfg.task.build().heldout()) == 2
+
+
+def test_heldout_file_is_held_out_and_evaluation_only_tasks_refuse_training(tmp_path):
+    train = _write(tmp_path, GOOD)
+    test_path = tmp_path / "test.jsonl"
+    test_path.write_text("".join(json.dumps(r) + "\n" for r in GOOD[:3]))
+    task = DatasetTask(DatasetConfig(path=train, heldout=str(test_path)))
+    assert [it.prompt for it in task.heldout()] == [r["question"] + "\n" for r in GOOD[:3]]
+    assert len({task.train_item(i).prompt for i in range(17)}) == 17  # the other 17, none held out
+    assert not {it.prompt for it in task.heldout()} & {task.train_item(i).prompt for i in range(100)}
+    only_eval = DatasetTask(DatasetConfig(path=train, heldout_fraction=1.0, heldout_max=1000))
+    assert len(only_eval.heldout()) == 20
+    with pytest.raises(ValueError, match="evaluation only"):
+        only_eval.train_item(0)
+
+
+def test_chat_prompts_go_through_the_chat_template(tmp_path):
+    from relayrl.generation.sampler import encode_prompt
+    from relayrl.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    tok.chat_template = "{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}{% endfor %}<a>"
+    task = DatasetTask(DatasetConfig(path=_write(tmp_path, GOOD), chat=True, system="Be brief."))
+    item = task.heldout()[0]
+    assert item.prompt[0] == {"role": "system", "content": "Be brief."}
+    assert tok.decode(encode_prompt(tok, item.prompt)) == f"<s>Be brief.<u>{item.prompt[1]['content']}<a>"
+
+
+def test_dataset_scorers():
+    from relayrl.tasks.dataset import SCORERS
+
+    math_scorer, math_extract = SCORERS["math"]
+    assert math_scorer("so the answer is $\\frac{1}{2}$.", "0.5") == 1.0
+    assert math_extract("... #### 1,234") == "1,234" and math_scorer("... #### 1,234", "1234") == 1.0
+    exact_scorer, _ = SCORERS["exact"]
+    assert exact_scorer("so 1/2", "#### 0.5") == 0.0

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from relayrl.evaluation.metrics import pass_at_k, wilson_interval
+from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 
 
 @pytest.mark.parametrize(("n", "c", "k"), [(10, 3, 1), (10, 3, 5), (8, 0, 4), (8, 8, 8), (20, 7, 10), (5, 4, 2)])
@@ -18,3 +18,14 @@ def test_wilson_interval_contains_estimate():
     lo, hi = wilson_interval(30, 100)
     assert lo < 0.3 < hi
     assert math.isclose(lo, 0.2189, abs_tol=1e-3) and math.isclose(hi, 0.3958, abs_tol=1e-3)
+
+
+def test_majority_vote_ties_go_to_the_first_answer_and_none_abstains():
+    assert majority_vote(["3", "5", "5", "3", None, None, None]) == 0  # 3 and 5 tie at two: 3 came first
+    assert majority_vote([None, "7", "4", "4"]) == 2
+    assert majority_vote([None, None]) is None
+
+
+def test_mean_interval_hand_computed():
+    lo, hi = mean_interval([1.0, 0.0, 1.0, 1.0])  # mean 0.75, sample std 0.5, se 0.25
+    assert math.isclose(lo, 0.75 - 1.96 * 0.25) and hi == 1.0

@@ -140,18 +140,23 @@ def test_trained_checkpoint_reloads_with_transformers(tiny, tmp_path):
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
-def test_eval_cli_reports_greedy_and_pass_at_k(tiny, tmp_path, capsys):
+def test_eval_cli_compares_checkpoints(tiny, tmp_path, capsys):
     from relayrl.cli import main
 
     run_dir = _run(tiny, tmp_path, "evalcli", mode="sync", steps=2)
-    capsys.readouterr()
-    out_file = tmp_path / "outputs.jsonl"
+    out = tmp_path / "eval"
     overrides = [o for o in tiny(tmp_path) if o.startswith("task.")]
-    ckpt = str(run_dir / "checkpoints" / "step_000002")
-    main(["eval", ckpt, *overrides, "--samples", "4", "--k", "1,4", "--output", str(out_file)])
-    report = json.loads(capsys.readouterr().out)
+    ckpts = [str(run_dir / "checkpoints" / name) for name in ("sft", "step_000002")]
+    main(["eval", *ckpts, *overrides, "--samples", "4", "--k", "1,4", "--output", str(out)])
+    assert "| evalcli" not in capsys.readouterr().out  # labelled by run folder and checkpoint
+    sft, last = json.loads((out / "eval.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert report["greedy_pass@1"] == summary["heldout_accuracy_end"]
-    assert 0 <= report["pass@1"] <= report["pass@4"] <= 1
-    lines = read_jsonl(out_file)
-    assert len(lines) == 16 and all(len(r["samples"]) == 4 for r in lines)
+    assert sft["greedy_pass@1"]["value"] == summary["heldout_accuracy_start"]
+    assert last["greedy_pass@1"]["value"] == summary["heldout_accuracy_end"]
+    assert last["label"] == f"{run_dir.name}/step_000002"
+    for row in (sft, last):
+        assert 0 <= row["pass@1"]["value"] <= row["pass@4"]["value"] <= 1
+        assert row["maj@4"]["ci95"][0] <= row["maj@4"]["value"] <= row["maj@4"]["ci95"][1]
+    lines = read_jsonl(out / f"{run_dir.name}__step_000002.jsonl")
+    assert len(lines) == 16 and all(len(r["samples"]) == len(r["samples_answer"]) == 4 for r in lines)
+    assert (out / "compare.png").stat().st_size > 0 and "maj@4" in (out / "compare.md").read_text()

@@ -1,12 +1,13 @@
-"""Score a model on held-out items: greedy pass@1 and sampled pass@k."""
+"""Score a model on held-out items: greedy pass@1, and from n samples per item pass@k and maj@k."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from relayrl.evaluation.metrics import pass_at_k, wilson_interval
+from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
 from relayrl.tasks.base import Item, Scorer
 
@@ -15,8 +16,9 @@ from relayrl.tasks.base import Item, Scorer
 class EvalResult:
     accuracy: float  # greedy pass@1
     interval: tuple[float, float]
-    pass_at: dict[int, float]  # sampled, unbiased
-    outputs: list[dict]
+    outputs: list[dict]  # one per item: prompt, answer, greedy text, samples and their scores
+    scores: dict[str, float] = field(default_factory=dict)  # "greedy_pass@1", "pass@k" (sampled), "maj@k"
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95%, same keys
 
 
 def evaluate(
@@ -29,55 +31,54 @@ def evaluate(
     n_samples: int = 0,
     ks: tuple[int, ...] = (),
     seed: int = 0,
+    extract: Callable[[str], str | None] | None = None,
 ) -> EvalResult:
-    """Greedy accuracy; with n_samples > 0 also pass@k at `sampling.temperature`."""
+    """Greedy accuracy; with n_samples > 0 also pass@k, and maj@k when `extract` reads answers to vote on.
+
+    pass@1 from n samples is the sampled accuracy averaged over the n samples; maj@k votes over
+    each item's first k samples.
+    """
+    if any(k > n_samples for k in ks):
+        raise ValueError(f"--k: every k must be at most --samples={n_samples}; got {list(ks)}")
     model.eval()
     greedy = SamplingConfig(sampling.max_new_tokens, 0.0, 1.0, sampling.stop_strings)
     outputs: list[dict] = []
     gen = torch.Generator().manual_seed(seed)
+
+    def run(prompts: list[list[int]], cfg: SamplingConfig) -> list[str]:
+        done = sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, gen, tokenizer.decode)
+        return [tokenizer.decode(s.completion_ids, skip_special_tokens=True) for s in done]
+
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         prompts = [encode_prompt(tokenizer, it.prompt) for it in chunk]
-        texts = [
-            [
-                _text(s, tokenizer)
-                for s in sample(
-                    model, prompts, greedy, tokenizer.eos_token_id, tokenizer.pad_token_id, gen, tokenizer.decode
-                )
-            ]
-        ]
-        if n_samples:
-            many = sample(
-                model,
-                [p for p in prompts for _ in range(n_samples)],
-                sampling,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                gen,
-                tokenizer.decode,
-            )
-            texts.append([_text(s, tokenizer) for s in many])
+        greedy_texts = run(prompts, greedy)
+        many = run([p for p in prompts for _ in range(n_samples)], sampling) if n_samples else []
         for i, it in enumerate(chunk):
-            g = texts[0][i]
-            samples = texts[1][i * n_samples : (i + 1) * n_samples] if n_samples else []
+            samples = many[i * n_samples : (i + 1) * n_samples]
             outputs.append(
                 {
                     "prompt": it.prompt,
                     "answer": it.answer,
-                    "greedy": g,
-                    "greedy_correct": scorer(g, it.answer),
-                    "samples_correct": [scorer(s, it.answer) for s in samples],
+                    "greedy": greedy_texts[i],
+                    "greedy_correct": scorer(greedy_texts[i], it.answer),
                     "samples": samples,
+                    "samples_correct": [scorer(s, it.answer) for s in samples],
+                    "samples_answer": [extract(s) for s in samples] if extract else [],
                 }
             )
-    correct = sum(o["greedy_correct"] >= 1.0 for o in outputs)
-    pass_at = {
-        k: sum(pass_at_k(n_samples, sum(c >= 1.0 for c in o["samples_correct"]), k) for o in outputs) / len(outputs)
-        for k in ks
-        if n_samples
-    }
-    return EvalResult(correct / len(outputs), wilson_interval(correct, len(outputs)), pass_at, outputs)
+    per_item = {"greedy_pass@1": [float(o["greedy_correct"] >= 1.0) for o in outputs]}
+    for k in ks:
+        per_item[f"pass@{k}"] = [pass_at_k(n_samples, sum(c >= 1.0 for c in o["samples_correct"]), k) for o in outputs]
+        if extract:
+            per_item[f"maj@{k}"] = [_majority_correct(o, k) for o in outputs]
+    scores = {name: sum(v) / len(v) for name, v in per_item.items()}
+    intervals = {name: mean_interval(v) for name, v in per_item.items()}
+    correct = sum(per_item["greedy_pass@1"])
+    intervals["greedy_pass@1"] = wilson_interval(correct, len(outputs))
+    return EvalResult(correct / len(outputs), intervals["greedy_pass@1"], outputs, scores, intervals)
 
 
-def _text(s, tokenizer) -> str:
-    return tokenizer.decode(s.completion_ids, skip_special_tokens=True)
+def _majority_correct(output: dict, k: int) -> float:
+    winner = majority_vote(output["samples_answer"][:k])
+    return float(winner is not None and output["samples_correct"][winner] >= 1.0)

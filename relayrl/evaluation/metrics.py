@@ -1,8 +1,9 @@
-"""Pass@k and confidence intervals."""
+"""Pass@k, majority vote and confidence intervals."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -14,6 +15,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def majority_vote(answers: list[str | None]) -> int | None:
+    """Index of the first sample holding the most common extracted answer; ties go to the answer seen first.
+
+    Samples with no answer (None) do not vote; None if no sample has one.
+    """
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(i for i, a in enumerate(answers) if a is not None and counts[a] == top)
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a proportion."""
     if n == 0:
@@ -22,3 +35,13 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """95% normal interval for the mean of per-item scores in [0, 1] (pass@k, sampled pass@1, maj@k)."""
+    n = len(values)
+    if n < 2:
+        return (0.0, 1.0)
+    mean = sum(values) / n
+    half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    return (max(0.0, mean - half), min(1.0, mean + half))

@@ -6,6 +6,7 @@ before top-p truncation), which the trainer uses as mu in the importance weight 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +36,13 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """The one place prompts become ids (with the tokenizer's own special tokens, e.g. BOS)."""
-    return tokenizer(text)["input_ids"]
+def encode_prompt(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
+    """The one place prompts become ids: plain text with the tokenizer's own special tokens (e.g. BOS),
+    or chat messages through the tokenizer's chat template, ending where the assistant's reply begins."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()

@@ -24,10 +24,14 @@ class ArithmeticConfig:
     seed: int = 1234
 
 
-def score_arithmetic(completion: str, answer: str) -> float:
-    """1 if the first `#answer` equals the reference, else 0."""
+def extract_arithmetic(completion: str) -> str | None:
+    """The first `#answer`: what the model committed to."""
     m = ANSWER_RE.search(completion)
-    return float(m is not None and m.group(1) == answer)
+    return m.group(1) if m else None
+
+
+def score_arithmetic(completion: str, answer: str) -> float:
+    return float(extract_arithmetic(completion) == answer)
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -37,6 +41,7 @@ def _apply(a: int, op: str, b: int) -> int:
 class ArithmeticTask:
     stop_strings: tuple[str, ...] = ()
     scorer = staticmethod(score_arithmetic)
+    extract = staticmethod(extract_arithmetic)
 
     def __init__(self, cfg: ArithmeticConfig):
         if cfg.terms < 2:

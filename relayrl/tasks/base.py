@@ -12,7 +12,7 @@ Scorer = Callable[[str, str], float]
 
 @dataclass(frozen=True)
 class Item:
-    prompt: str
+    prompt: str | tuple[dict, ...]  # plain text, or chat messages for the tokenizer's chat template
     answer: str
     solution: str = ""  # a worked demonstration, for the supervised warm start
     meta: dict = field(default_factory=dict, hash=False, compare=False)
@@ -21,6 +21,7 @@ class Item:
 class Task(Protocol):
     name: str
     scorer: Scorer
+    extract: Callable[[str], str | None]  # the final answer of a completion, for majority votes
     stop_strings: tuple[str, ...]
 
     def train_item(self, index: int) -> Item:

@@ -2,6 +2,7 @@
 
 Each row needs a question and a reference answer (the field names are configurable).
 Bad rows are reported by row number and either rejected (the default) or skipped.
+Held-out items come from their own split or file, or are carved from the training rows.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from relayrl.rewards.math_answer import extract_answer, math_scorer
 from relayrl.tasks.base import Item
 
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -21,10 +24,15 @@ class DatasetConfig:
     path: str = ""  # hub name (org/name) or a local file
     subset: str = ""  # hub config name, e.g. "main" for gsm8k
     split: str = "train"
+    heldout: str = ""  # a split of the same hub dataset or a local file; empty: carve from the training rows
     question_field: str = "question"
     answer_field: str = "answer"
-    template: str = "{question}\n"  # the prompt; {question} is replaced
-    heldout_fraction: float = 0.1
+    solution_field: str = ""  # a worked solution for the supervised warm start; empty: the answer field
+    template: str = "{question}\n"  # the prompt (or the user message); {question} is replaced
+    chat: bool = False  # wrap the prompt in the tokenizer's chat template, as a user message
+    system: str = ""  # chat: an optional system message
+    scorer: str = "math"  # math: final answer, equivalence by math-verify; exact: final answer string
+    heldout_fraction: float = 0.1  # when carving; 1.0 = every row held out (an evaluation-only task)
     heldout_max: int = 256
     on_bad_row: str = "error"  # error | skip
     seed: int = 0
@@ -42,66 +50,99 @@ def score_final_answer(completion: str, answer: str) -> float:
     return float(final_answer(completion) == final_answer(answer) != "")
 
 
-def load_rows(cfg: DatasetConfig) -> list[dict]:
-    from pathlib import Path
+def extract_final_answer(completion: str) -> str | None:
+    return final_answer(completion) or None
 
+
+SCORERS = {"math": (math_scorer, extract_answer), "exact": (score_final_answer, extract_final_answer)}
+
+
+def load_rows(cfg: DatasetConfig, key: str = "path") -> list[dict]:
+    """The rows of `task.dataset.path` (split `split`) or of `task.dataset.heldout` (a split or a file)."""
     import datasets
 
-    suffix = Path(cfg.path).suffix
-    if suffix in LOCAL_FORMATS:
-        if not Path(cfg.path).exists():
-            raise FileNotFoundError(f"task.dataset.path: no such file {cfg.path}")
-        ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=cfg.path, split="train")
-    else:
-        ds = datasets.load_dataset(cfg.path, cfg.subset or None, split=cfg.split)
-    return list(ds)
+    source = getattr(cfg, key)
+    if Path(source).suffix in LOCAL_FORMATS:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"task.dataset.{key}: no such file {source}")
+        return list(datasets.load_dataset(LOCAL_FORMATS[Path(source).suffix], data_files=source, split="train"))
+    if key == "heldout":
+        return list(datasets.load_dataset(cfg.path, cfg.subset or None, split=source))
+    return list(datasets.load_dataset(source, cfg.subset or None, split=cfg.split))
 
 
 def validate_rows(rows: list[dict], cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
     """Items from the good rows, and one message per bad row (row numbers count from 1)."""
     items, problems = [], []
+    needed = [cfg.question_field, cfg.answer_field] + ([cfg.solution_field] if cfg.solution_field else [])
     for number, row in enumerate(rows, start=1):
         bad = [
             f"field {f!r} is {'missing' if row.get(f) is None else 'empty'}"
-            for f in (cfg.question_field, cfg.answer_field)
+            for f in needed
             if row.get(f) is None or not str(row[f]).strip()
         ]
         if bad:
             problems.append(f"row {number}: " + "; ".join(bad))
             continue
-        question, answer = str(row[cfg.question_field]), str(row[cfg.answer_field])
-        items.append(Item(prompt=cfg.template.format(question=question), answer=answer, solution=answer))
+        text = cfg.template.format(question=str(row[cfg.question_field]))
+        prompt = (({"role": "system", "content": cfg.system},) if cfg.system else ()) + (
+            {"role": "user", "content": text},
+        )
+        answer = str(row[cfg.answer_field])
+        items.append(
+            Item(
+                prompt=prompt if cfg.chat else text,
+                answer=answer,
+                solution=str(row[cfg.solution_field]) if cfg.solution_field else answer,
+            )
+        )
     return items, problems
 
 
 class DatasetTask:
     stop_strings: tuple[str, ...] = ()
-    scorer = staticmethod(score_final_answer)
 
-    def __init__(self, cfg: DatasetConfig, rows: list[dict] | None = None):
+    def __init__(self, cfg: DatasetConfig, rows: list[dict] | None = None, heldout_rows: list[dict] | None = None):
         if cfg.on_bad_row not in ("error", "skip"):
             raise ValueError(f"task.dataset.on_bad_row must be 'error' or 'skip', got {cfg.on_bad_row!r}")
+        if cfg.scorer not in SCORERS:
+            raise ValueError(f"task.dataset.scorer must be one of {sorted(SCORERS)}, got {cfg.scorer!r}")
         if not cfg.path and rows is None:
             raise ValueError("task.dataset.path: a hub name or a local .jsonl/.csv/.parquet file is required")
-        items, problems = validate_rows(load_rows(cfg) if rows is None else rows, cfg)
+        self.scorer, self.extract = SCORERS[cfg.scorer]
+        self.skipped: list[str] = []  # bad rows skipped, by source and row number
+        self.name = f"dataset:{cfg.path}"
+        items = self._items(rows if rows is not None else load_rows(cfg), cfg, cfg.path)
+        if cfg.heldout:
+            if heldout_rows is None:
+                heldout_rows = load_rows(cfg, "heldout")
+            heldout = self._items(heldout_rows, cfg, cfg.heldout)[: cfg.heldout_max]
+            seen = {str(it.prompt) for it in heldout}
+            self._heldout, self._train = heldout, [it for it in items if str(it.prompt) not in seen]
+        else:
+            random.Random(cfg.seed).shuffle(items)
+            n_heldout = max(1, min(cfg.heldout_max, round(len(items) * cfg.heldout_fraction)))
+            self._heldout, self._train = items[:n_heldout], items[n_heldout:]
+
+    def _items(self, rows: list[dict], cfg: DatasetConfig, source: str) -> list[Item]:
+        items, problems = validate_rows(rows, cfg)
         if problems and cfg.on_bad_row == "error":
             shown = "\n  ".join(problems[:20]) + (
                 f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             )
             raise ValueError(
-                f"task.dataset {cfg.path}: {len(problems)} bad rows (set task.dataset.on_bad_row=skip "
+                f"task.dataset {source}: {len(problems)} bad rows (set task.dataset.on_bad_row=skip "
                 f"to skip them):\n  {shown}"
             )
-        if len(items) < 2:
-            raise ValueError(f"task.dataset {cfg.path}: needs at least 2 good rows, has {len(items)}")
-        self.skipped = problems
-        random.Random(cfg.seed).shuffle(items)
-        n_heldout = max(1, min(cfg.heldout_max, int(len(items) * cfg.heldout_fraction)))
-        self._heldout, self._train = items[:n_heldout], items[n_heldout:]
-        self.name = f"dataset:{cfg.path}"
+        if not items:
+            raise ValueError(f"task.dataset {source}: no good rows")
+        self.skipped += [f"{source} {p}" for p in problems]
+        return items
 
     def train_item(self, index: int) -> Item:
         """Epoch after epoch, each in its own seeded order."""
+        if not self._train:
+            raise ValueError(f"task.dataset {self.name}: every row is held out; this task is for evaluation only")
         epoch, offset = divmod(index, len(self._train))
         order = list(range(len(self._train)))
         random.Random(f"{epoch}").shuffle(order)
