@@ -178,8 +178,8 @@ _LOOSE_SPACE_RE = re.compile(r"(?<=[^A-Za-z]) | (?=[^A-Za-z])")  # spaces betwee
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 _DECIMAL_RE = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 _SLASH_RE = re.compile(r"([+-]?)(\d+)/(\d+)", re.ASCII)
-_JUNK = frozenset(("Cc", "Cs", "Co", "Cn"))
 _FRAC_RE = re.compile(r"(-?)\\frac(?:\{(-?\d+)\}\{(-?\d+)\}|(\d)(\d))", re.ASCII)
+_JUNK = frozenset(("Cc", "Cs", "Co", "Cn"))  # unicode categories: control, surrogate, private use, unassigned
 
 
 def _normalize(answer: str) -> str:
@@ -261,6 +261,7 @@ def _helper_main() -> None:
     """Helper loop: one JSON [pred, ref] line in, one byte line out (1, 0, T timeout, E error)."""
     check: Callable[[str, str], bool] = _load(sys.argv[1])
     timeout = float(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle; EOF ends us
     replies = os.dup(1)
     os.dup2(2, 1)  # stray prints from sympy/antlr must not corrupt the replies
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" is intended here
@@ -323,9 +324,13 @@ class _Helper:
             [sys.executable, "-c", code, check, repr(timeout)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
         self._buffer = b""
-        if self._readline(start_timeout) != b"ready":
+        try:
+            ready = self._readline(start_timeout)
+        except EOFError:
+            ready = None
+        if ready != b"ready":
             self.kill()
-            raise RuntimeError(f"maths checker helper did not start within {start_timeout} s")
+            raise RuntimeError(f"maths checker helper did not start within {start_timeout} s (see its stderr)")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -355,14 +360,16 @@ class _Helper:
         """EOF lets the helper finish its check (bounded) and exit; kill if it does not."""
         with contextlib.suppress(Exception):
             self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        self.kill()
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(Exception):
+                pipe.close()  # type: ignore[union-attr]
 
 
 class MathChecker:
