@@ -28,8 +28,8 @@ Run (dotted overrides are relayrl config overrides, applied to all three systems
 
     .venv/bin/python bench/trl_vs_relayrl.py [key=value ...] [--out bench/results]
 
-Writes `<out>/trl_vs_relayrl.json` (top-level `throughput_ratio` = relayrl async tokens/s /
-TRL tokens/s) and `<out>/async_vs_sync.json` (top-level `async_speedup` = relayrl async
+Writes `<out>/<label>.json` (default `trl_vs_relayrl`; top-level `throughput_ratio` = relayrl async
+tokens/s / TRL tokens/s) and, unless `--no-sync`, `<out>/async_vs_sync.json` (top-level `async_speedup` = relayrl async
 tokens/s / relayrl sync tokens/s), child logs under `<out>/logs/`, relayrl run folders under
 `<out>/runs/` (or `--run-dir`), and prints a markdown table.
 """
@@ -126,7 +126,8 @@ def task_reward(
     state["rollouts"] += len(completions)
     state["calls"] += 1
     state["threads"].append(torch.get_num_threads())
-    return [float(scorer(c, a)) for c, a in zip(completions, answer, strict=True)]
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]  # chat: the assistant message
+    return [float(scorer(t, a)) for t, a in zip(texts, answer, strict=True)]
 
 
 def build_dataset(task, steps: int, prompts_per_step: int):
@@ -134,7 +135,8 @@ def build_dataset(task, steps: int, prompts_per_step: int):
     from datasets import Dataset
 
     items = [task.train_item(i) for i in range(steps * prompts_per_step)]
-    return Dataset.from_dict({"prompt": [it.prompt for it in items], "answer": [it.answer for it in items]})
+    prompts = [it.prompt if isinstance(it.prompt, str) else list(it.prompt) for it in items]  # chat: TRL's format
+    return Dataset.from_dict({"prompt": prompts, "answer": [it.answer for it in items]})
 
 
 def grpo_kwargs(cfg, output_dir: Path) -> dict[str, Any]:
@@ -171,8 +173,8 @@ def grpo_kwargs(cfg, output_dir: Path) -> dict[str, Any]:
         "top_k": 0,
         "shuffle_dataset": False,
         "learning_rate": o.lr,
-        "lr_scheduler_type": "constant",  # relayrl keeps lr constant; HF's default is linear decay
-        "warmup_steps": 0,
+        "lr_scheduler_type": "constant_with_warmup",  # as relayrl: linear warm-up, then constant
+        "warmup_steps": o.warmup_steps,
         "optim": "adamw_torch",
         "adam_beta1": o.betas[0],
         "adam_beta2": o.betas[1],
@@ -380,7 +382,7 @@ def markdown_table(blocks: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def run_benchmark(user_overrides: list[str], out: Path, run_root: Path) -> None:
+def run_benchmark(user_overrides: list[str], out: Path, run_root: Path, label: str, with_sync: bool) -> None:
     from relayrl.config import load_config
 
     base = load_config(None, [o for o in user_overrides if o.split("=", 1)[0].strip() not in RESERVED])
@@ -390,7 +392,7 @@ def run_benchmark(user_overrides: list[str], out: Path, run_root: Path) -> None:
     common = [*overrides, f"run_dir={run_root}"]
 
     systems: dict[str, dict] = {}
-    for mode in ("async", "sync"):
+    for mode in ("async", "sync") if with_sync else ("async",):
         child, peak = run_child(
             f"relayrl_{mode}", ["--child", "relayrl", *common, f"mode={mode}", f"name=bench-{mode}-{stamp}"], out
         )
@@ -410,9 +412,8 @@ def run_benchmark(user_overrides: list[str], out: Path, run_root: Path) -> None:
     }
     async_tps = systems["relayrl_async"]["trained_tokens_per_second"]
     ratio = async_tps / systems["trl_grpo"]["trained_tokens_per_second"]
-    speedup = async_tps / systems["relayrl_sync"]["trained_tokens_per_second"]
     write_json(
-        out / "trl_vs_relayrl.json",
+        out / f"{label}.json",
         {
             "throughput_ratio": ratio,
             "throughput_ratio_definition": "relayrl async trained tokens/s / TRL GRPOTrainer trained tokens/s",
@@ -421,22 +422,23 @@ def run_benchmark(user_overrides: list[str], out: Path, run_root: Path) -> None:
             "trl_grpo": systems["trl_grpo"],
         },
     )
-    write_json(
-        out / "async_vs_sync.json",
-        {
-            "async_speedup": speedup,
-            "async_speedup_definition": "relayrl async trained tokens/s / relayrl sync trained tokens/s",
-            **meta,
-            "relayrl_async": systems["relayrl_async"],
-            "relayrl_sync": systems["relayrl_sync"],
-        },
-    )
     print()
     print(markdown_table(systems))
     print()
-    print(f"throughput_ratio (relayrl async / TRL): {ratio:.2f}")
-    print(f"async_speedup (relayrl async / sync): {speedup:.2f}")
-    print(f"results: {out / 'trl_vs_relayrl.json'}, {out / 'async_vs_sync.json'}")
+    print(f"throughput_ratio (relayrl async / TRL): {ratio:.2f}; results: {out / f'{label}.json'}")
+    if with_sync:
+        speedup = async_tps / systems["relayrl_sync"]["trained_tokens_per_second"]
+        write_json(
+            out / "async_vs_sync.json",
+            {
+                "async_speedup": speedup,
+                "async_speedup_definition": "relayrl async trained tokens/s / relayrl sync trained tokens/s",
+                **meta,
+                "relayrl_async": systems["relayrl_async"],
+                "relayrl_sync": systems["relayrl_sync"],
+            },
+        )
+        print(f"async_speedup (relayrl async / sync): {speedup:.2f}; results: {out / 'async_vs_sync.json'}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -444,6 +446,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted relayrl overrides, e.g. steps=50")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="where the result JSON files go")
     p.add_argument("--run-dir", type=Path, default=None, help="relayrl/TRL run folders (default: <out>/runs)")
+    p.add_argument("--label", default="trl_vs_relayrl", help="the result file's name: <out>/<label>.json")
+    p.add_argument("--no-sync", action="store_true", help="skip relayrl sync (and async_vs_sync.json)")
     p.add_argument("--child", choices=("relayrl", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--sft", type=Path, help=argparse.SUPPRESS)
@@ -459,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         child_trl(args.overrides, args.sft, args.trl_out, args.result)
     else:
         out = args.out.resolve()
-        run_benchmark(args.overrides, out, (args.run_dir or out / "runs").resolve())
+        run_benchmark(args.overrides, out, (args.run_dir or out / "runs").resolve(), args.label, not args.no_sync)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def _eval(args) -> None:
     from relayrl.evaluation import compare
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
+    from relayrl.run import heldout_scorers
 
     models = [a for a in args.args if "=" not in a and not a.endswith((".yaml", ".yml"))]
     configs = [a for a in args.args if a.endswith((".yaml", ".yml"))]
@@ -33,6 +34,7 @@ def _eval(args) -> None:
         raise ConfigError("eval: name at least one model, checkpoint folder or hub id")
     cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
     task = cfg.task.build()
+    scorer, message_scorer = heldout_scorers(task, cfg.message_rewards(task))  # spoc: the answer it ends on
     ks = tuple(int(k) for k in args.k.split(",")) if args.samples else ()
     rows, results = [], []
     for name in models:
@@ -42,16 +44,23 @@ def _eval(args) -> None:
                 model,
                 tokenizer,
                 task.heldout(),
-                task.scorer,
+                scorer,
                 cfg.sampling(task.stop_strings),
                 n_samples=args.samples,
                 ks=ks,
                 seed=cfg.seed,
                 extract=task.extract,
+                message_scorer=message_scorer,
             )
         )
         rows.append(compare.summary(name, task.name, results[-1]))
     print(compare.table(rows))
+    for row, result in zip(rows, results, strict=True):
+        if result.message_metrics:
+            print(
+                row["label"],
+                " ".join(f"{k}={'-' if v is None else f'{v:.3f}'}" for k, v in result.message_metrics.items()),
+            )
     if args.output:
         compare.write(Path(args.output), rows, results)
         print(f"per-item outputs, eval.json, compare.md and compare.png in {args.output}")

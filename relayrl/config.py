@@ -6,6 +6,7 @@ way the error names the field.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from relayrl.generation.messages import SpocFormat
 from relayrl.generation.sampler import SamplingConfig
+from relayrl.rewards.spoc import SpocRewards
 from relayrl.rewards.verifier import RewardConfig
-from relayrl.tasks import ArithmeticConfig, DatasetConfig, Task, make_task
+from relayrl.tasks import ArithmeticConfig, DatasetConfig, ReasoningGymConfig, Task, make_task
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig
 
 
@@ -36,9 +39,10 @@ class TaskConfig:
     name: str = "arithmetic"
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)
 
     def build(self) -> Task:
-        return make_task(self.name, self.arithmetic, self.dataset)
+        return make_task(self.name, self.arithmetic, self.dataset, self.reasoning_gym)
 
 
 @dataclass
@@ -48,6 +52,25 @@ class SFTConfig:
     steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
+
+
+@dataclass
+class SpocConfig:
+    """recipe=spoc: multi-message rollouts, PairSFT on the model's own samples, then message-wise RL."""
+
+    turn_cap: int = 3  # solution attempts per completion; generation also stops at the first Yes
+    max_new_tokens: int = 160  # one whole multi-message completion (rollout.max_new_tokens: one solution)
+    pair_questions: int = 512  # questions whose sampled solutions make the PairSFT data
+    pair_samples: int = 8  # K solutions sampled per question
+    pair_sft_steps: int = 200  # batches of sft.batch_size
+    pair_sft_lr: float = 1e-3
+    writer: str = "template"  # who writes critiques: template (checkable steps, one per line) | teacher (a model)
+    teacher: str = ""  # writer=teacher: an HF causal LM, hub id or local folder
+    verify_open: str = "\nCheck:"  # opens a verification message
+    verify_ask: str = " Correct?"  # precedes the verdict, " Yes" or " No"
+
+    def format(self) -> SpocFormat:
+        return SpocFormat(self.verify_open, self.verify_ask, self.turn_cap)
 
 
 @dataclass
@@ -71,6 +94,7 @@ class ThreadsConfig:
 class Config:
     seed: int = 0
     mode: str = "async"  # async | sync
+    recipe: str = "rl"  # rl | spoc (docs/recipes/spoc.md)
     max_staleness: int = 1  # async: rollouts may lag the trainer by at most this many versions
     steps: int = 250
     eval_every: int = 25
@@ -81,6 +105,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    spoc: SpocConfig = field(default_factory=SpocConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
@@ -88,8 +113,16 @@ class Config:
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
     def sampling(self, stop_strings: tuple[str, ...]) -> SamplingConfig:
+        """How rollouts (and held-out completions) are sampled; SPOC's run to its stop rule."""
         r = self.rollout
-        return SamplingConfig(r.max_new_tokens, r.temperature, r.top_p, tuple(stop_strings))
+        single = SamplingConfig(r.max_new_tokens, r.temperature, r.top_p, tuple(stop_strings))
+        if self.recipe != "spoc":
+            return single
+        return dataclasses.replace(single, max_new_tokens=self.spoc.max_new_tokens, stop_rule=self.spoc.format())
+
+    def message_rewards(self, task: Task) -> SpocRewards | None:
+        """SPOC's per-message rewards over the task's scorer; None: one reward per rollout."""
+        return SpocRewards(self.spoc.format(), task.scorer) if self.recipe == "spoc" else None
 
     def thread_budget(self) -> tuple[int, int]:
         cores = os.cpu_count() or 1
@@ -101,10 +134,12 @@ class Config:
 
 CHOICES = {
     "mode": ("async", "sync"),
+    "recipe": ("rl", "spoc"),
+    "spoc.writer": ("template", "teacher"),
     "algorithm.advantage": ("grpo", "rloo", "reinforce"),
     "algorithm.loss": ("aipo", "ppo"),
     "algorithm.aggregation": ("token", "sequence"),
-    "task.name": ("arithmetic", "dataset"),
+    "task.name": ("arithmetic", "dataset", "reasoning_gym"),
     "task.dataset.on_bad_row": ("error", "skip"),
     "task.dataset.scorer": ("math", "exact"),
 }
@@ -123,6 +158,11 @@ POSITIVE = [
     "eval_every",
     "checkpoint_every",
     "keep_checkpoints",
+    "spoc.turn_cap",
+    "spoc.max_new_tokens",
+    "spoc.pair_questions",
+    "spoc.pair_samples",
+    "spoc.pair_sft_lr",
 ]
 NON_NEGATIVE = [
     "max_staleness",
@@ -133,6 +173,7 @@ NON_NEGATIVE = [
     "optim.grad_clip",
     "threads.generator",
     "threads.trainer",
+    "spoc.pair_sft_steps",
 ]
 
 
@@ -157,6 +198,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.top_p: must be in (0, 1]; got {cfg.rollout.top_p}")
     if cfg.algorithm.advantage in ("grpo", "rloo") and cfg.rollout.samples_per_prompt < 2:
         raise ConfigError(f"rollout.samples_per_prompt: {cfg.algorithm.advantage} needs >= 2 samples per prompt")
+    if cfg.recipe == "spoc" and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError("rollout.samples_per_prompt: spoc's message-wise RLOO needs >= 2 samples per prompt")
+    if cfg.recipe == "spoc" and cfg.spoc.writer == "teacher" and not cfg.spoc.teacher:
+        raise ConfigError("spoc.teacher: writer=teacher needs a model (hub id or local folder)")
     return cfg
 
 

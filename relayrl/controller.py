@@ -17,7 +17,7 @@ from pathlib import Path
 from relayrl.config import Config
 from relayrl.evaluation import report
 from relayrl.executors.weights import flatten
-from relayrl.run import Run, new_run_dir, open_run, to_sequences
+from relayrl.run import Run, message_metrics, new_run_dir, open_run, to_sequences
 from relayrl.tracking import Tracker, read_jsonl
 
 
@@ -44,8 +44,7 @@ def train(cfg: Config | None = None, resume: Path | None = None, show_progress: 
     print(f"relayrl run folder: {run_dir}")
     run, stop = Run(cfg, run_dir, resume is not None), StopFlag()
     try:
-        if run.state is None:
-            run.warm_start(stop, show_progress)
+        run.prepare(stop, show_progress)  # SFT warm start and the recipe's phases (SPOC: PairSFT), if still to do
         _loop(cfg, run, stop, show_progress)
     finally:
         stop.restore()
@@ -113,12 +112,13 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
                 "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
                 "gen_share": gen_seconds / (gen_seconds + t2 - t1),
             }
+            metrics |= message_metrics(fresh)  # SPOC's, of the rollouts trained on
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 checkpoint()
             generator.publish(flatten(run.model), step)
             submit_up_to(step + depth)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                metrics["heldout_accuracy"] = run.evaluate().accuracy
+                metrics |= run.heldout_metrics()
             counters["rl_seconds"] += time.perf_counter() - t0
             tracker.log(step, metrics)
         if stop.requested and saved != step:  # Ctrl-C came after this step's checkpoint decision

@@ -33,3 +33,12 @@ class Rollout:
     def __post_init__(self) -> None:
         if not self.messages:
             self.messages = [Message(0, len(self.completion_ids))]
+
+    def message_rewards(self) -> list[tuple[str, float]]:
+        """(role, reward) per message; a message without a reward of its own (a failed scorer) takes the rollout's."""
+        return [(m.role, self.reward if m.reward is None else m.reward) for m in self.messages]
+
+
+def message_wise(rollouts: list[Rollout]) -> bool:
+    """Whether a scorer rewarded these rollouts message by message."""
+    return any(m.reward is not None for r in rollouts for m in r.messages)

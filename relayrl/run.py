@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -15,11 +16,15 @@ from rich.progress import track
 from relayrl.algorithms import advantages
 from relayrl.config import Config, load_config, to_yaml
 from relayrl.evaluation.evaluate import EvalResult, evaluate
+from relayrl.evaluation.metrics import spoc_metrics
 from relayrl.executors.generator import GenerateRequest, LocalGenerator, ProcessGenerator
 from relayrl.generation.sampler import encode_prompt
 from relayrl.models import TinySize, load_model_and_tokenizer
+from relayrl.recipes import spoc
+from relayrl.rewards.spoc import SpocRewards
 from relayrl.rewards.verifier import VerifierScorer
-from relayrl.rollout import Rollout
+from relayrl.rollout import Rollout, message_wise
+from relayrl.tasks.base import Scorer, Task
 from relayrl.training import checkpoint
 from relayrl.training.trainer import Sequence, Trainer
 
@@ -39,12 +44,22 @@ def open_run(run_dir: Path) -> Config:
 
 
 def to_sequences(rollouts: list[Rollout], estimator: str) -> list[Sequence]:
-    """Rewards -> advantages, grouped by prompt; each token of a rollout carries its advantage."""
+    """Rewards -> advantages, grouped by prompt; each token of a rollout carries its advantage.
+
+    Rollouts rewarded message by message (SPOC) get message-wise RLOO advantages instead of `estimator`'s,
+    each spread over its message's tokens.
+    """
     groups: dict[int, list[Rollout]] = {}
     for r in rollouts:
         groups.setdefault(r.prompt_index, []).append(r)
     width = max(len(g) for g in groups.values())
     complete = [g for g in groups.values() if len(g) == width]  # a group cut by dropped rollouts is not comparable
+    if message_wise(rollouts):
+        return [
+            Sequence(r.prompt_ids, r.completion_ids, r.logprobs, _spread(r, adv))
+            for g in complete
+            for r, adv in zip(g, advantages.message_rloo([r.message_rewards() for r in g]), strict=True)
+        ]
     rewards = torch.tensor([[r.reward for r in g] for g in complete], dtype=torch.float64)
     adv = advantages.compute(estimator, rewards)
     return [
@@ -52,6 +67,27 @@ def to_sequences(rollouts: list[Rollout], estimator: str) -> list[Sequence]:
         for i, g in enumerate(complete)
         for j, r in enumerate(g)
     ]
+
+
+def _spread(r: Rollout, message_advantages: list[float]) -> list[float]:
+    per_token = [0.0] * len(r.completion_ids)
+    for m, a in zip(r.messages, message_advantages, strict=True):
+        per_token[m.start : m.end] = [a] * (m.end - m.start)
+    return per_token
+
+
+def heldout_scorers(
+    task: Task, rewards: SpocRewards | None
+) -> tuple[Scorer, Callable[[str, str], list[tuple[str, float]]] | None]:
+    """What held-out accuracy scores, and what to report per message: SPOC's answer is the one it ends on."""
+    return (rewards.final, rewards.messages) if rewards else (task.scorer, None)
+
+
+def message_metrics(rollouts: list[Rollout]) -> dict[str, float | None]:
+    """SPOC's metrics of rollouts rewarded message by message (nothing for others), as `train_*`."""
+    if not message_wise(rollouts):
+        return {}
+    return {f"train_{k}": v for k, v in spoc_metrics([r.message_rewards() for r in rollouts]).items()}
 
 
 class Run:
@@ -73,6 +109,7 @@ class Run:
             checkpoint.set_rng_state(self.state["rng"])
         self.wall_before = self.state["wall_seconds"] if self.state else 0.0  # earlier sessions of a resumed run
         self.sampling = cfg.sampling(self.task.stop_strings)
+        self.rewards = cfg.message_rewards(self.task)  # SPOC: per message; None: the task's scorer, per rollout
         self.heldout = self.task.heldout()
 
     def request(self, batch_index: int) -> GenerateRequest:
@@ -89,40 +126,68 @@ class Run:
         )
 
     def evaluate(self) -> EvalResult:
-        self.last_eval = evaluate(self.model, self.tokenizer, self.heldout, self.task.scorer, self.sampling)
+        """Greedy held-out accuracy (SPOC: of the answer it ends on, plus its self-correction metrics)."""
+        scorer, messages = heldout_scorers(self.task, self.rewards)
+        self.last_eval = evaluate(
+            self.model, self.tokenizer, self.heldout, scorer, self.sampling, message_scorer=messages
+        )
         return self.last_eval
 
-    def warm_start(self, stop, show_progress: bool = True) -> dict:
-        """Supervised steps on worked solutions, then the held-out accuracy RL starts from."""
-        s, t0 = self.cfg.sft, time.perf_counter()
-        torch.set_num_threads(min(self.gen_threads + self.train_threads, os.cpu_count() or 1))  # nothing else runs yet
-        sft = Trainer(
-            self.model, dataclasses.replace(self.cfg.optim, lr=s.lr), self.cfg.algorithm, self.tokenizer.pad_token_id
+    def heldout_metrics(self) -> dict:
+        result = self.evaluate()
+        return {"heldout_accuracy": result.accuracy} | {f"heldout_{k}": v for k, v in result.message_metrics.items()}
+
+    def prepare(self, stop, show_progress: bool = True) -> None:
+        """The phases before RL (the recipe's), each resumed from the checkpoint state; nothing once RL began."""
+        if self.cfg.recipe == "spoc":
+            spoc.prepare(self, stop, show_progress)
+        elif self.state is None:
+            t0 = time.perf_counter()
+            self.warm_start(stop, show_progress)
+            self.start_rl(time.perf_counter() - t0)
+
+    def supervise(
+        self, batch: Callable[[int], list[Sequence]], steps: int, lr: float, description: str, stop, show_progress: bool
+    ) -> None:
+        """`steps` supervised steps on `batch(step)`, on all cores (nothing else runs yet)."""
+        torch.set_num_threads(min(self.gen_threads + self.train_threads, os.cpu_count() or 1))
+        trainer = Trainer(
+            self.model, dataclasses.replace(self.cfg.optim, lr=lr), self.cfg.algorithm, self.tokenizer.pad_token_id
         )
-        eos = [self.tokenizer.eos_token_id]
-        for step in track(range(s.steps), description="SFT warm start", disable=not show_progress):
+        for step in track(range(steps), description=description, disable=not show_progress):
             if stop.requested:
                 raise KeyboardInterrupt
+            trainer.step(batch(step), supervised=True)
+
+    def warm_start(self, stop, show_progress: bool = True) -> None:
+        """Supervised steps on the task's worked solutions."""
+        s, eos = self.cfg.sft, [self.tokenizer.eos_token_id]
+
+        def batch(step: int) -> list[Sequence]:
             # negative indices: a stream of its own, disjoint from the RL prompts (0, 1, 2, ...)
             items = [self.task.train_item(-1 - step * s.batch_size - i) for i in range(s.batch_size)]
-            sft.step(
-                [
-                    Sequence(
-                        encode_prompt(self.tokenizer, it.prompt),
-                        self.tokenizer(it.solution, add_special_tokens=False)["input_ids"] + eos,
-                    )
-                    for it in items
-                ],
-                supervised=True,
-            )
+            return [
+                Sequence(
+                    encode_prompt(self.tokenizer, it.prompt),
+                    self.tokenizer(it.solution, add_special_tokens=False)["input_ids"] + eos,
+                )
+                for it in items
+            ]
+
+        self.supervise(batch, s.steps, s.lr, "SFT warm start", stop, show_progress)
+
+    def start_rl(self, sft_seconds: float, **extra) -> None:
+        """The held-out accuracy RL starts from, and a fresh RL state saved as checkpoint `sft`."""
         result = self.evaluate()
         self.state = {
+            "phase": "rl",
             "step": 0,
             "pending": [],
             "optimizer": None,
-            "sft_seconds": time.perf_counter() - t0,
+            "sft_seconds": sft_seconds,
             "heldout_start": result.accuracy,
             "heldout_interval_start": result.interval,
+            "heldout_messages_start": result.message_metrics,
             "counters": {
                 "dropped_stale": 0,
                 "reward_failures": 0,
@@ -130,9 +195,9 @@ class Run:
                 "rollouts_trained": 0,
                 "rl_seconds": 0.0,
             },
+            **extra,
         }
         self.save("sft")
-        return self.state
 
     def trainer(self) -> Trainer:
         torch.set_num_threads(self.train_threads)
@@ -152,11 +217,11 @@ class Run:
         return trainer
 
     def generator(self):
-        args = (self.model.config, self.tokenizer, self.sampling)
+        args = (self.model.config, self.tokenizer, self.sampling, self.rewards.format.parse if self.rewards else None)
         return ProcessGenerator(*args, threads=self.gen_threads) if self.cfg.mode == "async" else LocalGenerator(*args)
 
     def scorer(self) -> VerifierScorer:
-        return VerifierScorer(self.task.scorer, self.cfg.reward)
+        return VerifierScorer(self.rewards or self.task.scorer, self.cfg.reward)
 
     def wall_seconds(self) -> float:
         """Since the run began, set-up and SFT included, summed over resumed sessions."""
@@ -170,6 +235,7 @@ class Run:
         c = self.state["counters"]
         return {
             "mode": self.cfg.mode,
+            "recipe": self.cfg.recipe,
             "task": self.task.name,
             "model": self.cfg.model.name_or_path,
             "steps": self.state["step"],
@@ -177,6 +243,8 @@ class Run:
             "heldout_interval_start": self.state["heldout_interval_start"],
             "heldout_accuracy_end": final.accuracy,
             "heldout_interval_end": final.interval,
+            "heldout_messages_start": self.state["heldout_messages_start"],
+            "heldout_messages_end": final.message_metrics,
             "heldout_size": len(self.heldout),
             "wall_seconds": self.wall_seconds(),
             "rl_seconds": c["rl_seconds"],
@@ -186,4 +254,5 @@ class Run:
             "rollouts_trained": c["rollouts_trained"],
             "reward_failures": c["reward_failures"],
             "final_reward": records[-1].get("reward") if records else None,
+            "pair_sft": self.state.get("pair_sft"),
         }

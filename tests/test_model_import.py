@@ -246,3 +246,40 @@ def test_cli_prints_the_folder_last(source, imported, tmp_path, capsys, monkeypa
     assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "models" / "mine")
     with pytest.raises(SystemExit, match="relayrl: error: unknown model 'nope'; known models: smollm2-135m-instruct"):
         main(["models", "import", "nope"])
+
+
+def test_imported_model_generates_trains_one_rl_step_and_reloads(imported, tmp_path):
+    """The path a real GGUF model takes: chat prompts, sampling, one RL step, an HF checkpoint."""
+    from relayrl.config import load_config
+    from relayrl.controller import train
+    from relayrl.tracking import read_jsonl
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"question": f"the sum {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(8)))
+    overrides = {
+        "model.name_or_path": imported,
+        "task.name": "dataset",
+        "task.dataset.path": data,
+        "task.dataset.chat": True,
+        "task.dataset.heldout_fraction": 0.25,
+        "sft.steps": 1,
+        "sft.batch_size": 2,
+        "steps": 1,
+        "mode": "sync",
+        "rollout.prompts_per_step": 2,
+        "rollout.samples_per_prompt": 2,
+        "rollout.max_new_tokens": 6,
+        "threads.generator": 1,
+        "threads.trainer": 1,
+        "run_dir": tmp_path / "runs",
+    }
+    run_dir = train(load_config(None, [f"{k}={v}" for k, v in overrides.items()]), show_progress=False)
+    (record,) = read_jsonl(run_dir / "metrics.jsonl")
+    assert record["trained_tokens"] > 0 and np.isfinite(record["loss"]) and record["completion_length"] > 0
+    reloaded = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step_000001")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "checkpoints" / "step_000001")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "the sum 3+1?"}], add_generation_prompt=True)[
+        "input_ids"
+    ]
+    out = reloaded.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > len(ids)

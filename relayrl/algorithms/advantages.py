@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 
@@ -29,3 +31,23 @@ ESTIMATORS = {"grpo": grpo, "rloo": rloo, "reinforce": reinforce}
 
 def compute(name: str, rewards: torch.Tensor) -> torch.Tensor:
     return ESTIMATORS[name](rewards)
+
+
+def message_rloo(samples: list[list[tuple[str, float]]], eps: float = 1e-6) -> list[list[float]]:
+    """Message-wise RLOO (SPOC) for one prompt: `samples[i]` lists sample i's messages as (role, reward).
+
+    A message's advantage is its reward minus the mean reward of the same role's messages in the *other*
+    samples (leave-one-out: none of its own sample's, which follow from it), over the std of all the
+    prompt's rewards for that role (unbiased, + eps). A role seen in fewer than two samples gets 0.
+    """
+    by_role: dict[str, list[tuple[int, float]]] = {}
+    for i, messages in enumerate(samples):
+        for role, reward in messages:
+            by_role.setdefault(role, []).append((i, reward))
+    std = {role: statistics.stdev(r for _, r in seen) for role, seen in by_role.items() if len(seen) > 1}
+
+    def advantage(i: int, role: str, reward: float) -> float:
+        others = [r for j, r in by_role[role] if j != i]
+        return (reward - statistics.fmean(others)) / (std[role] + eps) if others else 0.0
+
+    return [[advantage(i, role, reward) for role, reward in messages] for i, messages in enumerate(samples)]

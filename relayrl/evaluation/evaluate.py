@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
+from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, spoc_metrics, wilson_interval
 from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
 from relayrl.tasks.base import Item, Scorer
 
@@ -19,6 +20,7 @@ class EvalResult:
     outputs: list[dict]  # one per item: prompt, answer, greedy text, samples and their scores
     scores: dict[str, float] = field(default_factory=dict)  # "greedy_pass@1", "pass@k" (sampled), "maj@k"
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95%, same keys
+    message_metrics: dict[str, float | None] = field(default_factory=dict)  # SPOC's, of the greedy completions
 
 
 def evaluate(
@@ -32,16 +34,18 @@ def evaluate(
     ks: tuple[int, ...] = (),
     seed: int = 0,
     extract: Callable[[str], str | None] | None = None,
+    message_scorer: Callable[[str, str], list[tuple[str, float]]] | None = None,
 ) -> EvalResult:
     """Greedy accuracy; with n_samples > 0 also pass@k, and maj@k when `extract` reads answers to vote on.
 
     pass@1 from n samples is the sampled accuracy averaged over the n samples; maj@k votes over
-    each item's first k samples.
+    each item's first k samples. `message_scorer` (SPOC: (role, reward) per message) adds the
+    self-correction metrics of the greedy completions.
     """
     if any(k > n_samples for k in ks):
         raise ValueError(f"--k: every k must be at most --samples={n_samples}; got {list(ks)}")
     model.eval()
-    greedy = SamplingConfig(sampling.max_new_tokens, 0.0, 1.0, sampling.stop_strings)
+    greedy = dataclasses.replace(sampling, temperature=0.0, top_p=1.0)
     outputs: list[dict] = []
     gen = torch.Generator().manual_seed(seed)
 
@@ -66,6 +70,7 @@ def evaluate(
                     "samples_correct": [scorer(s, it.answer) for s in samples],
                     "samples_answer": [extract(s) for s in samples] if extract else [],
                 }
+                | ({"greedy_messages": message_scorer(greedy_texts[i], it.answer)} if message_scorer else {})
             )
     per_item = {"greedy_pass@1": [float(o["greedy_correct"] >= 1.0) for o in outputs]}
     for k in ks:
@@ -76,7 +81,8 @@ def evaluate(
     intervals = {name: mean_interval(v) for name, v in per_item.items()}
     correct = sum(per_item["greedy_pass@1"])
     intervals["greedy_pass@1"] = wilson_interval(correct, len(outputs))
-    return EvalResult(correct / len(outputs), intervals["greedy_pass@1"], outputs, scores, intervals)
+    messages = spoc_metrics([o["greedy_messages"] for o in outputs]) if message_scorer else {}
+    return EvalResult(correct / len(outputs), intervals["greedy_pass@1"], outputs, scores, intervals, messages)
 
 
 def _majority_correct(output: dict, k: int) -> float:

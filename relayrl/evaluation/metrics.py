@@ -1,7 +1,8 @@
-"""Pass@k, majority vote and confidence intervals."""
+"""Pass@k, majority vote, confidence intervals, and SPOC's self-correction metrics."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 
@@ -45,3 +46,34 @@ def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
     mean = sum(values) / n
     half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
     return (max(0.0, mean - half), min(1.0, mean + half))
+
+
+def spoc_metrics(completions: list[list[tuple[str, float]]]) -> dict[str, float | None]:
+    """SPOC's metrics from each completion's (role, reward) messages (see rewards/spoc.py).
+
+    final/first accuracy: the last/first solution is right. Verification TPR: Yes after a right solution;
+    TNR: No after a wrong one. turns: solutions per completion. wrong_to_right: of completions whose first
+    solution is wrong, the share that end right; right_to_wrong the reverse. None where nothing was counted.
+    """
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    first, final, after_right, after_wrong, turns = [], [], [], [], []
+    for messages in completions:
+        solutions = [r for role, r in messages if role == "solution"]
+        first.append(solutions[0])
+        final.append(solutions[-1])
+        turns.append(len(solutions))
+        for (role, reward), (next_role, next_reward) in itertools.pairwise(messages):
+            if role == "solution" and next_role == "verification":
+                (after_right if reward >= 1.0 else after_wrong).append(next_reward)
+    return {
+        "final_accuracy": mean(final),
+        "first_accuracy": mean(first),
+        "verification_tpr": mean(after_right),
+        "verification_tnr": mean(after_wrong),
+        "turns": mean([float(t) for t in turns]),
+        "wrong_to_right": mean([b for a, b in zip(first, final, strict=True) if a < 1.0]),
+        "right_to_wrong": mean([1.0 - b for a, b in zip(first, final, strict=True) if a >= 1.0]),
+    }

@@ -45,10 +45,23 @@ def write(run_dir: Path, records: list[dict], summary: dict) -> None:
         f"Trained tokens per second: {s['trained_tokens_per_second']:.0f}. "
         f"Stale rollouts dropped: {s['dropped_stale']}. Reward failures: {s['reward_failures']}.",
         "",
+        *_messages_table(s["heldout_messages_start"], s["heldout_messages_end"]),
         "![reward and held-out accuracy](report.png)",
         "",
     ]
     (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _messages_table(start: dict, end: dict) -> list[str]:
+    """SPOC's self-correction metrics (greedy, held out) before and after RL; nothing for other recipes."""
+    if not end:
+        return []
+
+    def cell(key: str, v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}" if key == "turns" else f"{v:.1%}"
+
+    rows = [f"| {k} | {cell(k, start.get(k))} | {cell(k, v)} |" for k, v in end.items()]
+    return ["| self-correction (held-out, greedy) | before RL | after RL |", "|---|---|---|", *rows, ""]
 
 
 def _ci(interval) -> str:

@@ -12,13 +12,16 @@ import queue
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
 
 from relayrl.executors.weights import load_flat
+from relayrl.generation.messages import Span, token_messages
 from relayrl.generation.sampler import SamplingConfig, sample
 from relayrl.rollout import Rollout
 
@@ -33,12 +36,22 @@ class GenerateRequest:
     seed: int
 
 
+Split = Callable[[str], list[Span]]
+"""A completion's text -> its messages (e.g. SpocFormat.parse); picklable, to reach generator processes."""
+
+
 class GeneratorWorker:
     """A model copy that samples rollouts with the version it was last given."""
 
-    def __init__(self, model_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, sampling: SamplingConfig):
+    def __init__(
+        self,
+        model_config: PretrainedConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling: SamplingConfig,
+        split: Split | None = None,
+    ):
         self.model = AutoModelForCausalLM.from_config(model_config).eval()
-        self.tokenizer, self.sampling, self.version = tokenizer, sampling, -1
+        self.tokenizer, self.sampling, self.split, self.version = tokenizer, sampling, split, -1
 
     def load(self, flat: torch.Tensor, version: int) -> None:
         load_flat(self.model, flat)
@@ -58,28 +71,32 @@ class GeneratorWorker:
             gen,
             self.tokenizer.decode,
         )
-        rollouts = [
-            Rollout(
-                prompt_index=req.prompt_indices[i // n],
-                sample_index=i % n,
-                prompt_ids=prompts[i],
-                completion_ids=s.completion_ids,
-                logprobs=s.logprobs,
-                version=self.version,
-                text=self.tokenizer.decode(s.completion_ids, skip_special_tokens=True),
-                finish_reason=s.finish_reason,
-                answer=req.answers[i // n],
+        decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+        rollouts = []
+        for i, s in enumerate(samples):
+            text = decode(s.completion_ids)
+            rollouts.append(
+                Rollout(
+                    prompt_index=req.prompt_indices[i // n],
+                    sample_index=i % n,
+                    prompt_ids=prompts[i],
+                    completion_ids=s.completion_ids,
+                    logprobs=s.logprobs,
+                    version=self.version,
+                    text=text,
+                    finish_reason=s.finish_reason,
+                    answer=req.answers[i // n],
+                    messages=token_messages(s.completion_ids, decode, self.split(text)) if self.split else [],
+                )
             )
-            for i, s in enumerate(samples)
-        ]
         return rollouts, time.perf_counter() - start
 
 
 class LocalGenerator:
     """In-process: generation runs when its result is collected."""
 
-    def __init__(self, model_config, tokenizer, sampling: SamplingConfig):
-        self.worker = GeneratorWorker(model_config, tokenizer, sampling)
+    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None = None):
+        self.worker = GeneratorWorker(model_config, tokenizer, sampling, split)
         self.queue: deque = deque()
 
     def publish(self, flat: torch.Tensor, version: int) -> None:
@@ -100,10 +117,10 @@ class LocalGenerator:
         self.queue.clear()
 
 
-def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, threads: int) -> None:
+def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     torch.set_num_threads(threads)
-    worker, parent = GeneratorWorker(model_config, tokenizer, sampling), os.getppid()
+    worker, parent = GeneratorWorker(model_config, tokenizer, sampling, split), os.getppid()
     while True:
         try:
             kind, *args = inbox.get(timeout=1.0)
@@ -125,11 +142,13 @@ def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, thr
 class ProcessGenerator:
     """A generator process with its own thread budget, so sampling overlaps training."""
 
-    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, threads: int = 1):
+    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None = None, threads: int = 1):
         ctx = mp.get_context("spawn")
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
         self.proc = ctx.Process(
-            target=_serve, args=(self.inbox, self.outbox, model_config, tokenizer, sampling, threads), daemon=True
+            target=_serve,
+            args=(self.inbox, self.outbox, model_config, tokenizer, sampling, split, threads),
+            daemon=True,
         )
         self.proc.start()
 

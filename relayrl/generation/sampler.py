@@ -6,7 +6,7 @@ before top-p truncation), which the trainer uses as mu in the importance weight 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,9 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     stop_strings: tuple[str, ...] = ()
+    # called on the decoded text of each unfinished row, like stop strings; True ends the row. Picklable
+    # (a module-level function or a small dataclass) so it reaches generator processes, e.g. SpocFormat.
+    stop_rule: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -55,7 +58,7 @@ def sample(
     generator: torch.Generator | None = None,
     decode=None,
 ) -> list[Sample]:
-    """Sample one completion per prompt. `decode(ids) -> str` is needed only for stop strings."""
+    """Sample one completion per prompt. `decode(ids) -> str` is needed only for stop strings and the stop rule."""
     device = next(model.parameters()).device
     batch, width = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
@@ -95,10 +98,12 @@ def sample(
         out_ids[:, t] = token
         out_lp[:, t] = logprobs.gather(-1, token[:, None]).squeeze(-1)
         stopped = ~done & (token == eos_id)
-        if cfg.stop_strings:
+        if cfg.stop_strings or cfg.stop_rule is not None:
             for i in torch.nonzero(~done & ~stopped).flatten().tolist():
                 text = decode(out_ids[i, : t + 1].tolist())
-                stopped[i] = any(text.endswith(s) for s in cfg.stop_strings)
+                stopped[i] = any(text.endswith(s) for s in cfg.stop_strings) or (
+                    cfg.stop_rule is not None and cfg.stop_rule(text)
+                )
         for i in torch.nonzero(stopped).flatten().tolist():
             lengths[i], reasons[i] = t + 1, "stop"
         done |= stopped

@@ -1,19 +1,24 @@
 """Programmatic verifiers run in worker processes, each call under a hard timeout.
 
-A scorer that raises or hangs marks its rollout failed (reward = failure_reward) and is
-counted; pebble kills a hung worker and starts another, so the loop never blocks.
+A scorer returns one reward per rollout, or a list of one reward per message (its count must match
+the rollout's messages; the rollout's reward is then their mean). A scorer that raises, hangs or
+returns the wrong count marks its rollout failed (reward = failure_reward) and is counted; pebble
+kills a hung worker and starts another, so the loop never blocks.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from pebble import ProcessPool
 
 from relayrl.rollout import Rollout
-from relayrl.tasks.base import Scorer
+
+RewardFn = Callable[[str, str], float | list[float]]
+"""(completion text, reference answer) -> a reward, or one per message; picklable (module-level or a dataclass)."""
 
 
 @dataclass
@@ -24,7 +29,7 @@ class RewardConfig:
 
 
 class VerifierScorer:
-    def __init__(self, scorer: Scorer, cfg: RewardConfig):
+    def __init__(self, scorer: RewardFn, cfg: RewardConfig):
         self.scorer, self.cfg = scorer, cfg
         self.pool = ProcessPool(max_workers=cfg.workers, context=multiprocessing.get_context("spawn"))
 
@@ -33,7 +38,7 @@ class VerifierScorer:
         counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}
         for r, fut in zip(rollouts, futures, strict=True):
             try:
-                r.reward, r.reward_failed = float(fut.result()), False
+                _assign(r, fut.result())
             except FutureTimeout:
                 r.reward, r.reward_failed = self.cfg.failure_reward, True
                 counts["reward_timeouts"] += 1
@@ -45,3 +50,16 @@ class VerifierScorer:
     def close(self) -> None:
         self.pool.stop()
         self.pool.join()
+
+
+def _assign(r: Rollout, result: float | list[float]) -> None:
+    if isinstance(result, list | tuple):
+        rewards = [float(v) for v in result]
+        if len(rewards) != len(r.messages):
+            raise ValueError(f"{len(rewards)} rewards for {len(r.messages)} messages")
+        for m, v in zip(r.messages, rewards, strict=True):
+            m.reward = v
+        r.reward = sum(rewards) / len(rewards)
+    else:
+        r.reward = float(result)
+    r.reward_failed = False

@@ -62,6 +62,10 @@ def load_rows(cfg: DatasetConfig, key: str = "path") -> list[dict]:
     import datasets
 
     source = getattr(cfg, key)
+    if source.startswith("relayrl:"):  # a built-in offline source, cached as a local file
+        from relayrl.tasks.gsm8k_offline import resolve
+
+        source = resolve(source)
     if Path(source).suffix in LOCAL_FORMATS:
         if not Path(source).exists():
             raise FileNotFoundError(f"task.dataset.{key}: no such file {source}")
