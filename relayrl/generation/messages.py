@@ -46,14 +46,15 @@ class SpocFormat:
 
     def parse(self, text: str) -> list[Span]:
         """The messages of a completion, in order, covering every character (at least one, a solution)."""
-        spans, pos, verdicts = [], 0, self._verdicts()
+        spans, pos, turn, verdicts = [], 0, 0, self._verdicts()
         while True:
+            turn += 1
             opened = text.find(self.open, pos)
             if opened < 0:
                 return [*spans, Span("solution", pos, len(text))]
             spans.append(Span("solution", pos, opened))
             m = verdicts.search(text, opened + len(self.open))
-            last = m is None or m.group(1) == YES or len(spans) // 2 + 1 >= self.turn_cap or m.end() == len(text)
+            last = m is None or m.group(1) == YES or turn >= self.turn_cap or m.end() == len(text)
             spans.append(Span("verification", opened, len(text) if last else m.end()))
             if last:
                 return spans

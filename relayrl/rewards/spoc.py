@@ -60,9 +60,9 @@ def step_template(item: Item, solution: str, correct: bool) -> str:
 
 
 TEACHER_PROMPT = (
-    "A student solved this problem.\n\nProblem:\n{question}\n\nStudent's solution:\n{solution}\n\n"
-    "The correct final answer is {answer}, so the solution is wrong. In one or two sentences, name the first "
-    "step that goes wrong and give its correct result. Do not write a new solution."
+    "A student solved this problem.\n\nProblem:\n{question}\n\nReference answer:\n{answer}\n\n"
+    "Student's solution:\n{solution}\n\nThe student's solution is wrong. In one or two sentences, name the "
+    "first step that goes wrong and give its correct result. Do not write a new solution."
 )
 
 
