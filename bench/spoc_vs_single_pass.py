@@ -1,18 +1,19 @@
 """A miniature reproduction of SPOC's claim: with the same number of sampled tokens, RL on multi-message
 self-correcting completions (recipe=spoc) ends more accurate than single-pass RL (recipe=rl).
 
-Setting: the embedded arithmetic task made harder (more and larger operands, a shorter warm start), so the
-warm-started tiny model is often wrong. Per seed, both arms start from the same SFT warm start (same seed,
-same config). The SPOC arm runs PairSFT and `--steps` RL steps; its sampled tokens are the PairSFT samples'
-plus its rollouts'. The single-pass arm then gets as many RL steps as that budget buys at the warm model's
-single-solution length (measured on the PairSFT samples, which the warm model drew). Both arms' actual
-sampled tokens are reported. Both use AIPO, KL to the policy RL starts from, and their advantages: GRPO
-(single pass), message-wise RLOO (SPOC).
+Setting: the embedded arithmetic task made harder (operands up to 49 instead of 19), so the warm-started
+tiny model is often wrong (about half of its greedy answers, more of its sampled ones). Per seed, the SPOC
+arm runs the SFT warm start, PairSFT and `--steps` RL steps; its sampled tokens are the PairSFT samples'
+plus its rollouts'. The single-pass arm starts RL from the same warm-started model (the SPOC run's
+`checkpoints/pair_sft`) and gets as many RL steps as that token budget buys at the warm model's
+single-solution length (measured on the PairSFT samples, which that model drew). Both arms' actual sampled
+tokens are reported. Both use AIPO and the same KL to the policy RL starts from; advantages are GRPO
+(single pass) and message-wise RLOO (SPOC).
 
 Reported per arm (greedy, held out): final accuracy, first-attempt accuracy, verification TPR/TNR, average
 turns, wrong-to-right and right-to-wrong rates, plus the accuracy RL started from.
 
-    .venv/bin/python bench/spoc_vs_single_pass.py --seeds 0 1 2 [--steps 150 ...] [key=value overrides]
+    .venv/bin/python bench/spoc_vs_single_pass.py --seeds 0 1 2 [--steps 100 ...] [key=value overrides]
 
 Writes `<out>/spoc.json` (top-level `spoc_final_accuracy` and `single_pass_final_accuracy`, the means over
 seeds, beside the per-seed figures and the command) and `<out>/spoc.md` (a table), and prints the table.
@@ -71,8 +72,8 @@ def spoc_arm(common: list[str], steps: int) -> dict:
     }
 
 
-def single_pass_arm(common: list[str], steps: int) -> dict:
-    run_dir, s = run_arm([*common, "recipe=rl", f"steps={steps}"])
+def single_pass_arm(common: list[str], steps: int, warm: Path) -> dict:
+    run_dir, s = run_arm([*common, "recipe=rl", f"steps={steps}", f"model.name_or_path={warm}", "sft.steps=0"])
     return {
         "final_accuracy": s["heldout_accuracy_end"],
         "first_accuracy": s["heldout_accuracy_end"],  # one attempt: its first is its final
@@ -115,16 +116,17 @@ def table(seeds: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=150, help="SPOC's RL steps (the single-pass arm's follow from tokens)")
+    p.add_argument("--steps", type=int, default=100, help="SPOC's RL steps (the single-pass arm's follow from tokens)")
     p.add_argument("--terms", type=int, default=3)
     p.add_argument("--max-value", type=int, default=49)
-    p.add_argument("--sft-steps", type=int, default=800, help="the shared warm start")
-    p.add_argument("--pair-questions", type=int, default=512)
+    p.add_argument("--sft-steps", type=int, default=1000, help="the warm start both arms begin from")
+    p.add_argument("--pair-questions", type=int, default=2048)
     p.add_argument("--pair-sft-steps", type=int, default=200)
+    p.add_argument("--turn-cap", type=int, default=2)
     p.add_argument("--prompts", type=int, default=32, help="prompts per RL step")
     p.add_argument("--samples", type=int, default=8, help="samples per prompt")
     p.add_argument("--heldout", type=int, default=256)
-    p.add_argument("--kl", type=float, default=0.01, help="KL to the policy RL starts from (both arms)")
+    p.add_argument("--kl", type=float, default=0.05, help="KL to the policy RL starts from (both arms)")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--run-dir", default="", help="run folders (default: <out>/runs/spoc)")
     p.add_argument("overrides", nargs="*", help="relayrl config overrides for both arms, e.g. mode=sync")
@@ -141,7 +143,8 @@ def main() -> None:
         f"rollout.prompts_per_step={args.prompts}",
         f"rollout.samples_per_prompt={args.samples}",
         f"rollout.max_new_tokens={solution}",
-        f"spoc.max_new_tokens={min(224, 3 * (solution + 32))}",  # 3 solutions and verifications; 256 positions in all
+        f"spoc.turn_cap={args.turn_cap}",
+        f"spoc.max_new_tokens={min(224, args.turn_cap * (solution + 32))}",  # + verifications; 256 positions in all
         f"algorithm.kl_coef={args.kl}",
         f"run_dir={args.run_dir or out / 'runs' / 'spoc'}",
         *args.overrides,
@@ -152,7 +155,8 @@ def main() -> None:
         spoc = spoc_arm(arm_args, args.steps)
         tokens_per_step = args.prompts * args.samples * spoc["pair_sft"]["mean_solution_tokens"]
         steps = max(1, round(spoc["sampled_tokens"] / tokens_per_step))
-        seeds.append({"seed": seed, "spoc": spoc, "single_pass": single_pass_arm(arm_args, steps)})
+        warm = Path(spoc["run_dir"]) / "checkpoints" / "pair_sft"
+        seeds.append({"seed": seed, "spoc": spoc, "single_pass": single_pass_arm(arm_args, steps, warm)})
         print(table(seeds), flush=True)
     result = {
         "spoc_final_accuracy": mean([s["spoc"]["final_accuracy"] for s in seeds]),

@@ -60,7 +60,7 @@ class SpocConfig:
 
     turn_cap: int = 3  # solution attempts per completion; generation also stops at the first Yes
     max_new_tokens: int = 160  # one whole multi-message completion (rollout.max_new_tokens: one solution)
-    pair_questions: int = 512  # questions whose sampled solutions make the PairSFT data
+    pair_questions: int = 2048  # questions whose sampled solutions make the PairSFT data
     pair_samples: int = 8  # K solutions sampled per question
     pair_sft_steps: int = 200  # batches of sft.batch_size
     pair_sft_lr: float = 1e-3
