@@ -10,15 +10,25 @@ from relayrl.config import ConfigError, load_config, task_preset, task_presets
 from relayrl.model_import import KNOWN_MODELS, ModelImportError, default_dir, import_gguf, import_known
 
 
+def _split(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Positional arguments -> (names, YAML files, dotted overrides)."""
+    configs = [a for a in args if a.endswith((".yaml", ".yml"))]
+    overrides = [a for a in args if "=" in a and a not in configs]
+    return [a for a in args if a not in configs and a not in overrides], configs, overrides
+
+
 def _train(args) -> None:
     from relayrl.controller import train
 
+    names, configs, overrides = _split(args.args)
+    if names:
+        raise ConfigError(f"train: {names[0]!r} is neither a YAML file (.yaml) nor a dotted override (key=value)")
     if args.resume:
-        if args.config or args.overrides:
+        if configs or overrides:
             raise ConfigError("--resume: a resumed run keeps its own config.yaml; drop the config and overrides")
         train(resume=Path(args.resume))
     else:
-        train(load_config(args.config, args.overrides))
+        train(load_config(configs, overrides))
 
 
 def _eval(args) -> None:
@@ -27,9 +37,7 @@ def _eval(args) -> None:
     from relayrl.models import load_model_and_tokenizer
     from relayrl.run import heldout_scorers
 
-    models = [a for a in args.args if "=" not in a and not a.endswith((".yaml", ".yml"))]
-    configs = [a for a in args.args if a.endswith((".yaml", ".yml"))]
-    overrides = [a for a in args.args if "=" in a]
+    models, configs, overrides = _split(args.args)
     if not models:
         raise ConfigError("eval: name at least one model, checkpoint folder or hub id")
     cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
@@ -80,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="relayrl")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="RL-train a policy (no arguments: the embedded default)")
-    t.add_argument("config", nargs="?", help="a YAML config file")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=50 algorithm.loss=ppo")
+    t.add_argument("args", nargs="*", help="YAML config files (applied in order), then dotted overrides: steps=50")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="score models or checkpoints on a task's held-out set, side by side")
@@ -102,8 +109,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "name", None) and not args.gguf:
         i.error("--name names a --gguf import; a known model keeps its own name")
-    if getattr(args, "config", None) and "=" in args.config:  # only overrides were given
-        args.overrides, args.config = [args.config, *args.overrides], None
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, ModelImportError) as err:

@@ -77,6 +77,8 @@ def load_model_and_tokenizer(
     if name_or_path in TINY_ARCHS:
         tokenizer = build_char_tokenizer()
         return build_tiny_model(name_or_path, tokenizer, size or TinySize(), seed), tokenizer
+    if name_or_path.startswith("~"):
+        name_or_path = str(Path(name_or_path).expanduser())
     if not Path(name_or_path).exists() and "/" not in name_or_path:
         raise ValueError(
             f"model.name_or_path: {name_or_path!r} is neither a local folder, a hub id (org/name) "
