@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from relayrl.executors.ray_config import RayConfig
 from relayrl.generation.messages import SpocFormat
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.rewards.spoc import SpocRewards
@@ -68,6 +69,7 @@ class SpocConfig:
     teacher: str = ""  # writer=teacher: an HF causal LM, hub id or local folder
     verify_open: str = "\nCheck:"  # opens a verification message
     verify_ask: str = " Correct?"  # precedes the verdict, " Yes" or " No"
+    verify_baseline: str = "truth"  # a verification's RLOO pool: truth (role + the judged solution's reward) | role
 
     def format(self) -> SpocFormat:
         return SpocFormat(self.verify_open, self.verify_ask, self.turn_cap)
@@ -98,6 +100,7 @@ class Config:
     seed: int = 0
     mode: str = "async"  # async | sync
     recipe: str = "rl"  # rl | spoc (docs/recipes/spoc.md)
+    executors: str = "local"  # local | ray: generators and reward workers as Ray actors (docs/distributed.md)
     max_staleness: int = 1  # async: rollouts may lag the trainer by at most this many versions
     steps: int = 250
     eval_every: int = 25
@@ -114,6 +117,7 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
     reward: RewardConfig = field(default_factory=RewardConfig)
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def sampling(self, stop_strings: tuple[str, ...]) -> SamplingConfig:
         """How rollouts (and held-out completions) are sampled; SPOC's run to its stop rule."""
@@ -136,6 +140,7 @@ class Config:
 CHOICES = {
     "mode": ("async", "sync"),
     "recipe": ("rl", "spoc"),
+    "executors": ("local", "ray"),
     "spoc.writer": ("template", "teacher"),
     "algorithm.advantage": ("grpo", "rloo", "reinforce"),
     "algorithm.loss": ("aipo", "ppo"),
@@ -164,6 +169,9 @@ POSITIVE = [
     "spoc.pair_questions",
     "spoc.pair_samples",
     "spoc.pair_sft_lr",
+    "ray.generators",
+    "ray.reward_workers",
+    "ray.start_timeout",
 ]
 NON_NEGATIVE = [
     "max_staleness",
@@ -175,6 +183,10 @@ NON_NEGATIVE = [
     "threads.generator",
     "threads.trainer",
     "spoc.pair_sft_steps",
+    "ray.generator_cpus",
+    "ray.generator_gpus",
+    "ray.reward_cpus",
+    "ray.max_restarts",
 ]
 
 

@@ -93,7 +93,7 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             t1 = time.perf_counter()
             fresh = [r for r in rollouts if step - r.version <= cfg.max_staleness]
             reward_stats = scorer.score(fresh)
-            metrics = trainer.step(to_sequences(fresh, cfg.algorithm.advantage))
+            metrics = trainer.step(to_sequences(fresh, cfg.algorithm.advantage, cfg.spoc.verify_baseline))
             step += 1
             t2 = time.perf_counter()
             counters["dropped_stale"] += len(rollouts) - len(fresh)
@@ -113,6 +113,9 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
                 "gen_share": gen_seconds / (gen_seconds + t2 - t1),
             }
             metrics |= message_metrics(fresh)  # SPOC's, of the rollouts trained on
+            metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
+            if cfg.executors == "ray" and fresh:
+                metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 checkpoint()
             generator.publish(flatten(run.model), step)

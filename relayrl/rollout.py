@@ -29,6 +29,7 @@ class Rollout:
     messages: list[Message] = field(default_factory=list)
     reward: float | None = None
     reward_failed: bool = False
+    replica: int = 0  # the generator replica that sampled it
 
     def __post_init__(self) -> None:
         if not self.messages:

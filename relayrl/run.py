@@ -43,11 +43,11 @@ def open_run(run_dir: Path) -> Config:
     return load_config(str(run_dir / "config.yaml"))
 
 
-def to_sequences(rollouts: list[Rollout], estimator: str) -> list[Sequence]:
+def to_sequences(rollouts: list[Rollout], estimator: str, verify_baseline: str = "truth") -> list[Sequence]:
     """Rewards -> advantages, grouped by prompt; each token of a rollout carries its advantage.
 
     Rollouts rewarded message by message (SPOC) get message-wise RLOO advantages instead of `estimator`'s,
-    each spread over its message's tokens.
+    each spread over its message's tokens (`verify_baseline`: see `advantages.message_rloo`).
     """
     groups: dict[int, list[Rollout]] = {}
     for r in rollouts:
@@ -55,10 +55,11 @@ def to_sequences(rollouts: list[Rollout], estimator: str) -> list[Sequence]:
     width = max(len(g) for g in groups.values())
     complete = [g for g in groups.values() if len(g) == width]  # a group cut by dropped rollouts is not comparable
     if message_wise(rollouts):
+        pools = [advantages.message_rloo([r.message_rewards() for r in g], 1e-6, verify_baseline) for g in complete]
         return [
             Sequence(r.prompt_ids, r.completion_ids, r.logprobs, _spread(r, adv))
-            for g in complete
-            for r, adv in zip(g, advantages.message_rloo([r.message_rewards() for r in g]), strict=True)
+            for g, group_advantages in zip(complete, pools, strict=True)
+            for r, adv in zip(g, group_advantages, strict=True)
         ]
     rewards = torch.tensor([[r.reward for r in g] for g in complete], dtype=torch.float64)
     adv = advantages.compute(estimator, rewards)
@@ -218,9 +219,17 @@ class Run:
 
     def generator(self):
         args = (self.model.config, self.tokenizer, self.sampling, self.rewards.format.parse if self.rewards else None)
+        if self.cfg.executors == "ray":
+            from relayrl.executors.ray_actors import RayGenerator  # Ray is imported only by runs that use it
+
+            return RayGenerator(self.cfg.ray, *args, threads=self.gen_threads)
         return ProcessGenerator(*args, threads=self.gen_threads) if self.cfg.mode == "async" else LocalGenerator(*args)
 
-    def scorer(self) -> VerifierScorer:
+    def scorer(self):
+        if self.cfg.executors == "ray":
+            from relayrl.executors.ray_actors import RayScorer
+
+            return RayScorer(self.cfg.ray, self.rewards or self.task.scorer, self.cfg.reward)
         return VerifierScorer(self.rewards or self.task.scorer, self.cfg.reward)
 
     def wall_seconds(self) -> float:

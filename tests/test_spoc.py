@@ -169,10 +169,22 @@ def test_message_rloo_hand_worked():
         [(1 - 1 / 3) / s, (1 - 2 / 3) / 0.5],
         [(0 - 2 / 3) / s, (0 - 1) / 0.5],
     ]
-    got = message_rloo(samples, eps=0.0)
+    got = message_rloo(samples, eps=0.0, verify_baseline="role")
     assert [len(a) for a in got] == [4, 2, 2]
     for g, e in zip(got, expected, strict=True):
         assert g == pytest.approx(e)
+    # verify_baseline="truth": verdicts on wrong solutions (samples 0 and 2: rewards 1, 0, std sqrt(1/2)) and on
+    # right ones (samples 0 and 1: both 1, std 0 -> advantage 0) are separate pools; solutions are unchanged.
+    v = math.sqrt(1 / 2)
+    expected = [
+        [(0 - 0.5) / s, (1 - 0) / v, (1 - 0.5) / s, 0.0],
+        [(1 - 1 / 3) / s, 0.0],
+        [(0 - 2 / 3) / s, (0 - 1) / v],
+    ]
+    for g, e in zip(message_rloo(samples), expected, strict=True):
+        assert g == pytest.approx(e, rel=1e-5)
+    with pytest.raises(ValueError, match="verify_baseline"):
+        message_rloo(samples, verify_baseline="turn")
     assert message_rloo([[("solution", 1.0)], [("solution", 1.0), ("verification", 1.0)]]) == [[0.0], [0.0, 0.0]]
 
 

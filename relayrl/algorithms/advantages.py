@@ -33,21 +33,42 @@ def compute(name: str, rewards: torch.Tensor) -> torch.Tensor:
     return ESTIMATORS[name](rewards)
 
 
-def message_rloo(samples: list[list[tuple[str, float]]], eps: float = 1e-6) -> list[list[float]]:
+def message_rloo(
+    samples: list[list[tuple[str, float]]], eps: float = 1e-6, verify_baseline: str = "truth"
+) -> list[list[float]]:
     """Message-wise RLOO (SPOC) for one prompt: `samples[i]` lists sample i's messages as (role, reward).
 
-    A message's advantage is its reward minus the mean reward of the same role's messages in the *other*
-    samples (leave-one-out: none of its own sample's, which follow from it), over the std of all the
-    prompt's rewards for that role (unbiased, + eps). A role seen in fewer than two samples gets 0.
+    A message's advantage is its reward minus the mean reward of its pool's messages in the *other* samples
+    (leave-one-out: none of its own sample's, which follow from it), over the std of all the prompt's rewards
+    in that pool (unbiased, + eps); a pool seen in fewer than two samples gives 0. A pool is a role, and with
+    `verify_baseline="truth"` a verification's pool is also keyed by the reward of the solution it judges:
+    verdicts on right solutions are compared with verdicts on right ones only. With one pool per role
+    ("role"), whichever verdict is right more often in the batch earns a positive advantage before the
+    verifier can tell right from wrong, and the verdict drifts to it.
     """
-    by_role: dict[str, list[tuple[int, float]]] = {}
+    if verify_baseline not in ("truth", "role"):
+        raise ValueError(f"spoc.verify_baseline must be 'truth' or 'role', got {verify_baseline!r}")
+    keys = [_pool_keys(messages, verify_baseline == "truth") for messages in samples]
+    pools: dict[tuple, list[tuple[int, float]]] = {}
     for i, messages in enumerate(samples):
-        for role, reward in messages:
-            by_role.setdefault(role, []).append((i, reward))
-    std = {role: statistics.stdev(r for _, r in seen) for role, seen in by_role.items() if len(seen) > 1}
+        for key, (_, reward) in zip(keys[i], messages, strict=True):
+            pools.setdefault(key, []).append((i, reward))
+    std = {key: statistics.stdev(r for _, r in seen) for key, seen in pools.items() if len(seen) > 1}
 
-    def advantage(i: int, role: str, reward: float) -> float:
-        others = [r for j, r in by_role[role] if j != i]
-        return (reward - statistics.fmean(others)) / (std[role] + eps) if others else 0.0
+    def advantage(i: int, key: tuple, reward: float) -> float:
+        others = [r for j, r in pools[key] if j != i]
+        return (reward - statistics.fmean(others)) / (std[key] + eps) if others else 0.0
 
-    return [[advantage(i, role, reward) for role, reward in messages] for i, messages in enumerate(samples)]
+    return [
+        [advantage(i, key, reward) for key, (_, reward) in zip(keys[i], messages, strict=True)]
+        for i, messages in enumerate(samples)
+    ]
+
+
+def _pool_keys(messages: list[tuple[str, float]], by_truth: bool) -> list[tuple]:
+    keys, judged = [], None  # judged: the reward of the last solution, which a verification judges
+    for role, reward in messages:
+        keys.append((role, judged) if by_truth and role == "verification" else (role,))
+        if role == "solution":
+            judged = reward
+    return keys

@@ -113,6 +113,9 @@ class LocalGenerator:
             else:
                 return self.worker.generate(*args)
 
+    def stats(self) -> dict[str, float]:
+        return {}
+
     def close(self) -> None:
         self.queue.clear()
 
@@ -169,6 +172,9 @@ class ProcessGenerator:
         if status == "error":
             raise RuntimeError(f"generator failed: {payload}")
         return payload
+
+    def stats(self) -> dict[str, float]:
+        return {}
 
     def close(self) -> None:
         if self.proc.is_alive():

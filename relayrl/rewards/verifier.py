@@ -38,7 +38,7 @@ class VerifierScorer:
         counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}
         for r, fut in zip(rollouts, futures, strict=True):
             try:
-                _assign(r, fut.result())
+                assign_result(r, fut.result())
             except FutureTimeout:
                 r.reward, r.reward_failed = self.cfg.failure_reward, True
                 counts["reward_timeouts"] += 1
@@ -52,7 +52,7 @@ class VerifierScorer:
         self.pool.join()
 
 
-def _assign(r: Rollout, result: float | list[float]) -> None:
+def assign_result(r: Rollout, result: float | list[float]) -> None:
     if isinstance(result, list | tuple):
         rewards = [float(v) for v in result]
         if len(rewards) != len(r.messages):

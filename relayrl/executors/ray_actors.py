@@ -1,0 +1,214 @@
+"""Ray executors: generator replicas and reward workers as Ray actors, behind the local executors' calls.
+
+Ray places, restarts and supervises the actors; relayrl only keeps the order. Every generate call names
+the weight version it must sample with (and carries a reference to those weights in the object store), so
+a batch's version is fixed by the controller's schedule, not by which replica took it or when: a Ray run
+gives the local run's metrics for the same seed. A replica that dies is restarted by Ray (`max_restarts`);
+the calls it lost are sent again, with their versions, and counted (`reissued_prompts`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from collections import deque
+from dataclasses import dataclass
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
+from relayrl.executors.ray_config import RayConfig
+from relayrl.generation.sampler import SamplingConfig
+from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result
+from relayrl.rollout import Rollout
+
+
+def connect(cfg: RayConfig) -> None:
+    """Attach to `cfg.address`, or start a local Ray; a no-op when this process is already connected."""
+    if not ray.is_initialized():
+        ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
+
+
+def _options(cfg: RayConfig, cpus: float, gpus: float = 0.0) -> dict:
+    return {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "max_restarts": cfg.max_restarts,
+        "max_task_retries": 0,  # relayrl reissues lost calls itself, so it can count them and keep their order
+        "scheduling_strategy": "SPREAD" if cfg.spread else "DEFAULT",
+    }
+
+
+def _wait_ready(actors: list, what: str, cfg: RayConfig) -> None:
+    try:
+        ray.get([a.node.remote() for a in actors], timeout=cfg.start_timeout)
+    except GetTimeoutError:
+        raise RuntimeError(
+            f"ray: {what} did not start within ray.start_timeout={cfg.start_timeout}s; the cluster has "
+            f"{ray.available_resources()} free: lower ray.{what}_cpus / ray.{what}_gpus or the replica count"
+        ) from None
+
+
+class GeneratorActor:
+    """A GeneratorWorker in a Ray actor, loading the version each call names before it samples."""
+
+    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int):
+        torch.set_num_threads(threads)
+        self.worker = GeneratorWorker(model_config, tokenizer, sampling, split)
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def generate(self, req: GenerateRequest, version: int, weights: list) -> tuple[list[Rollout], float]:
+        if self.worker.version != version:
+            with warnings.catch_warnings():  # the object store's array is read-only; it is only read here
+                warnings.simplefilter("ignore", UserWarning)
+                self.worker.load(torch.from_numpy(ray.get(weights[0])), version)
+        return self.worker.generate(req)
+
+
+@dataclass
+class _Call:
+    req: GenerateRequest
+    replica: int
+    version: int
+    weights: list  # [ObjectRef]: a list, so Ray hands the actor the reference and it fetches only on a new version
+    future: ray.ObjectRef | None = None
+
+
+class RayGenerator:
+    """N generator replicas as Ray actors, behind LocalGenerator's four calls (plus `stats`)."""
+
+    def __init__(self, cfg: RayConfig, model_config, tokenizer, sampling: SamplingConfig, split=None, threads=1):
+        connect(cfg)
+        actor, options = ray.remote(GeneratorActor), _options(cfg, cfg.generator_cpus, cfg.generator_gpus)
+        run = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a replica: ray.util.list_named_actors()
+        self.actors = [
+            actor.options(**options, name=f"relayrl-{run}-generator{i}").remote(
+                model_config, tokenizer, sampling, split, threads
+            )
+            for i in range(cfg.generators)
+        ]
+        _wait_ready(self.actors, "generator", cfg)
+        self.nodes = ray.get([a.node.remote() for a in self.actors])
+        self.cfg, self.weights, self.inflight = cfg, None, deque()
+        self.reissued_prompts = 0
+        self.tokens, self.seconds = [0] * len(self.actors), [0.0] * len(self.actors)
+
+    def publish(self, flat: torch.Tensor, version: int) -> None:
+        self.weights = (version, [ray.put(flat.detach().numpy().copy())])  # numpy: read zero-copy by the actors
+
+    def submit(self, req: GenerateRequest) -> None:
+        call = _Call(req, req.batch_index % len(self.actors), *self.weights)
+        self._send(call)
+        self.inflight.append(call)
+
+    def _send(self, call: _Call) -> None:
+        call.future = self.actors[call.replica].generate.remote(call.req, call.version, call.weights)
+
+    def collect(self) -> tuple[list[Rollout], float]:
+        call = self.inflight.popleft()
+        while True:
+            try:
+                rollouts, seconds = ray.get(call.future)
+                break
+            except RayActorError:  # Ray restarts the replica: send the lost call again, once it is back
+                self._await_restart(call.replica)
+                self.reissued_prompts += len(call.req.prompt_indices)
+                self._send(call)
+        for r in rollouts:
+            r.replica = call.replica
+        self.tokens[call.replica] += sum(len(r.completion_ids) for r in rollouts)
+        self.seconds[call.replica] += seconds
+        return rollouts, seconds
+
+    def _await_restart(self, replica: int) -> None:
+        deadline = time.monotonic() + self.cfg.start_timeout
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actors[replica].node.remote(), timeout=self.cfg.start_timeout)
+                return
+            except RayActorError:  # still restarting (or out of ray.max_restarts: then it stays dead)
+                time.sleep(0.5)
+        raise RuntimeError(
+            f"generator replica {replica} is dead and was not restarted within ray.start_timeout="
+            f"{self.cfg.start_timeout}s (ray.max_restarts={self.cfg.max_restarts})"
+        )
+
+    def stats(self) -> dict[str, float]:
+        per_replica = {
+            f"replica{i}_tokens_per_second": t / s
+            for i, (t, s) in enumerate(zip(self.tokens, self.seconds, strict=True))
+            if s
+        }
+        return {"reissued_prompts": self.reissued_prompts, "generator_nodes": len(set(self.nodes)), **per_replica}
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.inflight.clear()
+
+
+class RewardActor:
+    def __init__(self, scorer: RewardFn):
+        self.scorer = scorer
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def score(self, text: str, answer: str) -> float | list[float]:
+        return self.scorer(text, answer)
+
+
+class RayScorer:
+    """A pool of reward actors scoring in parallel, one call each at a time, each under `reward.timeout`.
+
+    A call past its timeout marks its rollout failed and its actor is killed (Ray starts a fresh one), so a
+    hung verifier costs one timeout, never the loop; an error or a dead actor is a counted failure too.
+    """
+
+    def __init__(self, cfg: RayConfig, scorer: RewardFn, reward: RewardConfig):
+        connect(cfg)
+        self.reward, self.actor_cls = reward, ray.remote(RewardActor).options(**_options(cfg, cfg.reward_cpus))
+        self.scorer = scorer
+        self.actors = [self.actor_cls.remote(scorer) for _ in range(cfg.reward_workers)]
+        _wait_ready(self.actors, "reward", cfg)
+
+    def score(self, rollouts: list[Rollout]) -> dict[str, float]:
+        counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}
+        todo, running = deque(rollouts), {}  # running: future -> (rollout, actor index, deadline)
+        free = deque(range(len(self.actors)))
+        while todo or running:
+            while todo and free:
+                i, r = free.popleft(), todo.popleft()
+                running[self.actors[i].score.remote(r.text, r.answer)] = (r, i, time.monotonic() + self.reward.timeout)
+            wait = max(0.0, min(d for _, _, d in running.values()) - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
+            for fut in done:
+                r, i, _ = running.pop(fut)
+                try:
+                    assign_result(r, ray.get(fut))
+                except Exception:
+                    r.reward, r.reward_failed = self.reward.failure_reward, True
+                    counts["reward_errors"] += 1
+                free.append(i)
+            for fut, (r, i, deadline) in list(running.items()):
+                if time.monotonic() >= deadline and fut not in done:
+                    running.pop(fut)
+                    r.reward, r.reward_failed = self.reward.failure_reward, True
+                    counts["reward_timeouts"] += 1
+                    ray.kill(self.actors[i])  # a hung verifier: replace the actor, not the loop
+                    self.actors[i] = self.actor_cls.remote(self.scorer)
+                    free.append(i)
+        return counts
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,20 @@
+"""The `ray` section of the config, apart from Ray itself so that reading a config never imports Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RayConfig:
+    """executors=ray: where the actors run and with what (docs/distributed.md)."""
+
+    address: str = ""  # "" starts a local Ray; "auto" or host:port attaches to a running cluster
+    generators: int = 1  # generator replicas; batch k goes to replica k mod generators
+    generator_cpus: float = 1.0
+    generator_gpus: float = 0.0
+    reward_workers: int = 1
+    reward_cpus: float = 0.25  # a verifier is mostly idle between batches
+    spread: bool = True  # SPREAD actors over the nodes (else Ray packs them)
+    max_restarts: int = 3  # per actor: Ray restarts a dead one this many times
+    start_timeout: float = 300.0  # seconds for every actor to start (resources the cluster lacks: an error)

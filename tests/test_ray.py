@@ -1,0 +1,112 @@
+"""executors=ray on a two-node Ray cluster started on this machine (ray.cluster_utils.Cluster)."""
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray import cloudpickle
+from ray.cluster_utils import Cluster
+from test_training import _metrics
+
+from relayrl.config import load_config
+from relayrl.controller import train
+from relayrl.executors.ray_actors import RayScorer
+from relayrl.executors.ray_config import RayConfig
+from relayrl.rewards.verifier import RewardConfig
+from relayrl.rollout import Rollout
+from relayrl.tracking import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _ray_run(tiny, tmp_path, name, cluster, **extra) -> Path:
+    ray_extra = {
+        "executors": "ray",
+        "ray.address": cluster.address,
+        "ray.generators": 2,
+        "ray.generator_cpus": 0.5,
+        "ray.reward_workers": 2,
+        "ray.reward_cpus": 0.25,
+    }
+    return train(load_config(None, tiny(tmp_path / name, **ray_extra, **extra)), show_progress=False)
+
+
+def test_ray_run_on_two_nodes_matches_the_local_run(tiny, tmp_path, cluster):
+    local = train(load_config(None, tiny(tmp_path / "local", mode="sync")), show_progress=False)
+    on_ray = _ray_run(tiny, tmp_path, "ray", cluster, mode="sync")
+    assert _metrics(on_ray) == _metrics(local)
+    records = read_jsonl(on_ray / "metrics.jsonl")
+    assert {r["replica0_staleness"] for r in records if "replica0_staleness" in r} == {0}
+    assert all(r["replica0_tokens_per_second"] > 0 and r["replica1_tokens_per_second"] > 0 for r in records[1:])
+    assert records[-1]["reissued_prompts"] == 0
+    assert records[-1]["generator_nodes"] == 2  # SPREAD put a replica on each node
+
+
+def _kill_a_generator_once_training_began(run_root: Path, killed: list) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        started = [p for p in run_root.glob("*/metrics.jsonl") if p.read_text().strip()]
+        names = [n["name"] for n in ray.util.list_named_actors(all_namespaces=True) if "generator0" in n["name"]]
+        if started and names:
+            actor = ray.get_actor(names[-1], namespace=None)
+            pid = ray.get(actor.pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_a_killed_generator_is_restarted_and_its_prompts_reissued(tiny, tmp_path, cluster):
+    killed: list[int] = []
+    root = tmp_path / "killed"
+    watcher = threading.Thread(target=_kill_a_generator_once_training_began, args=(root, killed))
+    watcher.start()
+    run = _ray_run(tiny, tmp_path, "killed", cluster, mode="async", max_staleness=2, steps=8)
+    watcher.join()
+    assert killed, "the generator was never killed"
+    records = read_jsonl(run / "metrics.jsonl")
+    assert records[-1]["reissued_prompts"] > 0
+    assert [r["step"] for r in records] == list(range(1, 9))
+    # the reissued batches were sampled again with their own versions and seeds: nothing lost, nothing used twice
+    whole = _ray_run(tiny, tmp_path, "whole", cluster, mode="async", max_staleness=2, steps=8)
+    assert _metrics(run) == _metrics(whole)
+
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the reward actors cannot import this test file
+
+
+def _hangs_on_request(text: str, answer: str) -> float:
+    if text == "hang":
+        time.sleep(120)
+    if text == "raise":
+        raise ValueError("a broken verifier")
+    return float(text == answer)
+
+
+def test_reward_pool_times_out_a_hung_verifier_and_goes_on(cluster):
+    scorer = RayScorer(RayConfig(reward_workers=2, reward_cpus=0.25), _hangs_on_request, RewardConfig(timeout=3.0))
+    rollouts = [
+        Rollout(i, 0, [1], [2], [0.0], 0, text, "stop", answer="7")
+        for i, text in enumerate(["7", "hang", "8", "raise", "7", "7"])
+    ]
+    t0 = time.perf_counter()
+    counts = scorer.score(rollouts)
+    assert time.perf_counter() - t0 < 60
+    assert counts == {"reward_timeouts": 1.0, "reward_errors": 1.0}
+    assert [r.reward for r in rollouts] == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert [r.reward_failed for r in rollouts] == [False, True, False, True, False, False]
+    assert scorer.score(rollouts[:1]) == {"reward_timeouts": 0.0, "reward_errors": 0.0}  # the pool still works
+    scorer.close()
