@@ -7,9 +7,12 @@ vocabulary logits are never held for the whole batch.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
@@ -114,7 +117,35 @@ def micro_batches(seqs: list[Sequence], token_budget: int) -> list[list[Sequence
     return groups
 
 
+class TokenLogprobs(torch.nn.Module):
+    """The model as data parallelism sees it: forward = log-probabilities of the tokens that count."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, where, temperature: float) -> torch.Tensor:
+        return sequence_logprobs(self.model, input_ids, attention_mask, where, temperature)
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    """Sum over the data-parallel ranks (the values themselves on one rank)."""
+    if _world() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 class Trainer:
+    """One optimizer step per batch. Under torch.distributed (the default group, K ranks) each rank steps on
+    its share of the global batch, wrapped in DDP; normalisers are global, so the update equals one rank's
+    on the whole batch."""
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -127,6 +158,10 @@ class Trainer:
         self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
+        self.logprobs: torch.nn.Module = TokenLogprobs(model)
+        if _world() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None  # CUDA: untested here
+            self.logprobs = DistributedDataParallel(self.logprobs, device_ids=device_ids)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
@@ -142,8 +177,8 @@ class Trainer:
 
     def _token_loss(self, batch: dict[str, torch.Tensor], supervised: bool) -> tuple[torch.Tensor, dict]:
         where = batch["mask"] > 0
-        logp = sequence_logprobs(
-            self.model, batch["input_ids"], batch["attention_mask"], where, 1.0 if supervised else self.temperature
+        logp = self.logprobs(
+            batch["input_ids"], batch["attention_mask"], where, 1.0 if supervised else self.temperature
         )
         if supervised:
             return -logp, {}
@@ -173,27 +208,37 @@ class Trainer:
         return per_token, stats
 
     def step(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
-        """One optimizer step on the whole batch, accumulated over micro-batches."""
-        self.model.train()
-        total_tokens = int(sum(sum(s.loss_mask) if s.loss_mask is not None else len(s.completion_ids) for s in seqs))
-        mode = "token" if supervised else self.algo.aggregation
-        loss_total, sums = 0.0, {}
-        for group in micro_batches(seqs, self.optim_cfg.micro_batch_tokens):
-            batch = collate(group, self.pad_id, self.device)
-            per_token, stats = self._token_loss(batch, supervised)
-            loss = losses.aggregate(per_token, batch["mask"], mode, max(total_tokens, 1), len(seqs))
-            loss.backward()
-            loss_total += loss.item()
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+        """One optimizer step on the whole batch (this rank's share of it), accumulated over micro-batches."""
+        metrics = self.accumulate(seqs, supervised)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = {
-            "loss": loss_total,
-            "grad_norm": grad_norm.item(),
-            "trained_tokens": float(sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)),
-        }
-        metrics.update({k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in sums.items()})
+        return metrics | {"grad_norm": grad_norm.item()}
+
+    def accumulate(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
+        """Forward and backward over micro-batches: the gradients of the global batch's loss, summed over ranks."""
+        self.model.train()
+        world = _world()
+        local_tokens = sum(sum(s.loss_mask) if s.loss_mask is not None else len(s.completion_ids) for s in seqs)
+        total_tokens, total_seqs = (int(v) for v in _all_sum([local_tokens, len(seqs)]))
+        mode = "token" if supervised else self.algo.aggregation
+        loss_total, sums = 0.0, {}
+        groups = micro_batches(seqs, self.optim_cfg.micro_batch_tokens)
+        for i, group in enumerate(groups):
+            batch = collate(group, self.pad_id, self.device)
+            last = i == len(groups) - 1  # DDP all-reduces the accumulated gradients on each rank's last backward
+            with contextlib.nullcontext() if last or world == 1 else self.logprobs.no_sync():
+                per_token, stats = self._token_loss(batch, supervised)
+                loss = losses.aggregate(per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs)
+                (loss * world).backward()  # DDP averages over ranks; the loss is already a share of the global sum
+            loss_total += loss.item()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+        trained = sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
+        loss_total, trained, *sum_values = _all_sum([loss_total, trained, *sums.values()])
+        metrics = {"loss": loss_total, "trained_tokens": trained}
+        metrics.update(
+            {k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in zip(sums, sum_values, strict=True)}
+        )
         return metrics
