@@ -16,7 +16,6 @@ from pathlib import Path
 
 from relayrl.config import Config
 from relayrl.evaluation import report
-from relayrl.executors.weights import flatten
 from relayrl.run import Run, message_metrics, new_run_dir, open_run, to_sequences
 from relayrl.tracking import Tracker, read_jsonl
 
@@ -78,13 +77,14 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
         nonlocal saved
         while next_batch - step - len(pending) > 0:  # drain what is in flight into the checkpoint
             pending.append(generator.collect())
+        trainer.copy_to(run.model)
         run.save(
             f"step_{step:06d}", step=step, pending=list(pending), optimizer=trainer.state_dict(), counters=counters
         )
         saved = step
 
     saved = step
-    generator.publish(flatten(run.model), step)
+    generator.publish(trainer.weights(), step)
     submit_up_to(step + depth)
     try:
         while step < cfg.steps and not stop.requested:
@@ -118,9 +118,10 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
                 metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 checkpoint()
-            generator.publish(flatten(run.model), step)
+            generator.publish(trainer.weights(), step)
             submit_up_to(step + depth)
             if step % cfg.eval_every == 0 or step == cfg.steps:
+                trainer.copy_to(run.model)
                 metrics |= run.heldout_metrics()
             counters["rl_seconds"] += time.perf_counter() - t0
             tracker.log(step, metrics)
@@ -130,3 +131,4 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
         tracker.close()
         generator.close()
         scorer.close()
+        trainer.close()

@@ -200,19 +200,19 @@ class Run:
         }
         self.save("sft")
 
-    def trainer(self) -> Trainer:
+    def trainer(self):
+        """In this process, or (executors=ray, ray.trainer_ranks=K) K data-parallel Ray actors."""
         torch.set_num_threads(self.train_threads)
         ref = copy.deepcopy(self.model).eval() if self.cfg.algorithm.kl_coef > 0 else None
         if ref is not None and (self.ckpt_root / "sft").exists():
             ref, _ = load_model_and_tokenizer(str(self.ckpt_root / "sft"))
-        trainer = Trainer(
-            self.model,
-            self.cfg.optim,
-            self.cfg.algorithm,
-            self.tokenizer.pad_token_id,
-            self.cfg.rollout.temperature,
-            ref,
-        )
+        args = (self.cfg.optim, self.cfg.algorithm, self.tokenizer.pad_token_id, self.cfg.rollout.temperature)
+        if self.cfg.executors == "ray" and self.cfg.ray.trainer_ranks:
+            from relayrl.executors.ray_actors import RayTrainer
+
+            trainer = RayTrainer(self.cfg.ray, self.model, ref, *args, threads=self.train_threads)
+        else:
+            trainer = Trainer(self.model, *args, ref)
         if self.state and self.state["optimizer"]:
             trainer.load_state_dict(self.state["optimizer"])
         return trainer

@@ -1,5 +1,6 @@
 """executors=ray on a two-node Ray cluster started on this machine (ray.cluster_utils.Cluster)."""
 
+import json
 import os
 import signal
 import sys
@@ -41,7 +42,7 @@ def _ray_run(tiny, tmp_path, name, cluster, **extra) -> Path:
         "ray.reward_workers": 2,
         "ray.reward_cpus": 0.25,
     }
-    return train(load_config(None, tiny(tmp_path / name, **ray_extra, **extra)), show_progress=False)
+    return train(load_config(None, tiny(tmp_path / name, **(ray_extra | extra))), show_progress=False)
 
 
 def test_ray_run_on_two_nodes_matches_the_local_run(tiny, tmp_path, cluster):
@@ -110,3 +111,21 @@ def test_reward_pool_times_out_a_hung_verifier_and_goes_on(cluster):
     assert [r.reward_failed for r in rollouts] == [False, True, False, True, False, False]
     assert scorer.score(rollouts[:1]) == {"reward_timeouts": 0.0, "reward_errors": 0.0}  # the pool still works
     scorer.close()
+
+
+def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster):
+    local = train(load_config(None, tiny(tmp_path / "local", mode="sync")), show_progress=False)
+    ddp = _ray_run(
+        tiny,
+        tmp_path,
+        "ddp",
+        cluster,
+        mode="sync",
+        **{"ray.generators": 1, "ray.trainer_ranks": 2, "ray.trainer_cpus": 0.5, "algorithm.kl_coef": 0.0},
+    )
+    first_local, first_ddp = read_jsonl(local / "metrics.jsonl")[0], read_jsonl(ddp / "metrics.jsonl")[0]
+    assert first_ddp["reward"] == first_local["reward"]  # the same first batch...
+    assert first_ddp["loss"] == pytest.approx(first_local["loss"], rel=1e-5, abs=1e-7)  # ...and its loss, on 2 ranks
+    assert first_ddp["grad_norm"] == pytest.approx(first_local["grad_norm"], rel=1e-4)
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["steps"] == 6 and (ddp / "checkpoints" / "step_000006").exists()

@@ -10,6 +10,7 @@ the calls it lost are sent again, with their versions, and counted (`reissued_pr
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 import warnings
@@ -18,13 +19,20 @@ from dataclasses import dataclass
 
 import ray
 import torch
+import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from transformers import AutoModelForCausalLM
 
 from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
 from relayrl.executors.ray_config import RayConfig
+from relayrl.executors.weight_sync import backend_for
+from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result
 from relayrl.rollout import Rollout
+from relayrl.training.trainer import Sequence, Trainer
 
 
 def connect(cfg: RayConfig) -> None:
@@ -102,8 +110,10 @@ class RayGenerator:
         self.reissued_prompts = 0
         self.tokens, self.seconds = [0] * len(self.actors), [0.0] * len(self.actors)
 
-    def publish(self, flat: torch.Tensor, version: int) -> None:
-        self.weights = (version, [ray.put(flat.detach().numpy().copy())])  # numpy: read zero-copy by the actors
+    def publish(self, flat: torch.Tensor | ray.ObjectRef, version: int) -> None:
+        """Weights from a local trainer (a tensor), or from a RayTrainer (already in the object store)."""
+        ref = flat if isinstance(flat, ray.ObjectRef) else ray.put(flat.detach().numpy().copy())  # numpy: zero-copy
+        self.weights = (version, [ref])
 
     def submit(self, req: GenerateRequest) -> None:
         call = _Call(req, req.batch_index % len(self.actors), *self.weights)
@@ -212,3 +222,109 @@ class RayScorer:
     def close(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+class TrainerActor:
+    """One data-parallel rank: a model copy, its Trainer (DDP over gloo, or NCCL on CUDA) and its share of a batch."""
+
+    def __init__(self, model_config, weights, ref_weights, optim, algo, pad_id: int, temperature: float, threads: int):
+        torch.set_num_threads(threads)
+        self.model = _model(model_config, weights)
+        self.ref = _model(model_config, ref_weights).eval() if ref_weights is not None else None
+        self.init = (optim, algo, pad_id, temperature)
+
+    def address(self) -> str:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+
+    def setup(self, address: str, rank: int, world: int) -> None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        backend = backend_for(device)
+        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world)
+        self.model.to(device)
+        if self.ref is not None:
+            self.ref.to(device)
+        self.trainer = Trainer(self.model, *self.init, self.ref)
+
+    def step(self, seqs: list[Sequence]) -> dict[str, float]:
+        return self.trainer.step(seqs)
+
+    def weights(self):
+        return self.trainer.weights().cpu().numpy()
+
+    def state_dict(self) -> dict:
+        return self.trainer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state)
+
+
+def _model(model_config, weights: list | None):
+    model = AutoModelForCausalLM.from_config(model_config)
+    with warnings.catch_warnings():  # the object store's array is read-only; it is only read here
+        warnings.simplefilter("ignore", UserWarning)
+        load_flat(model, torch.from_numpy(ray.get(weights[0])))
+    return model
+
+
+class RayTrainer:
+    """K data-parallel ranks as Ray actors in one placement group, behind Trainer's calls.
+
+    Each step sends rank r every K-th sequence; the ranks' DDP all-reduce makes the update the one-rank update
+    on the whole batch. `weights()` is an object-store reference to rank 0's weights, which the generators read
+    as they are; the controller copies them into its own model only to evaluate or checkpoint.
+    """
+
+    def __init__(self, cfg: RayConfig, model, ref_model, optim, algo, pad_id: int, temperature: float, threads=1):
+        connect(cfg)
+        k = cfg.trainer_ranks
+        bundles = [
+            {"CPU": cfg.trainer_cpus, "GPU": cfg.trainer_gpus} if cfg.trainer_gpus else {"CPU": cfg.trainer_cpus}
+        ]
+        self.group = placement_group(bundles * k, strategy="PACK")  # a trainer's ranks together, on as few nodes
+        try:
+            ray.get(self.group.ready(), timeout=cfg.start_timeout)
+        except GetTimeoutError:
+            raise RuntimeError(
+                f"ray: {k} trainer ranks of {bundles[0]} did not fit within ray.start_timeout={cfg.start_timeout}s; "
+                f"the cluster has {ray.available_resources()} free"
+            ) from None
+        weights = [ray.put(flatten(model).numpy())]
+        ref = [ray.put(flatten(ref_model).numpy())] if ref_model is not None else None
+        actor = ray.remote(TrainerActor)
+        self.ranks = [
+            actor.options(
+                num_cpus=cfg.trainer_cpus,
+                num_gpus=cfg.trainer_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=r),
+            ).remote(model.config, weights, ref, optim, algo, pad_id, temperature, threads)
+            for r in range(k)
+        ]
+        address = ray.get(self.ranks[0].address.remote())
+        ray.get([a.setup.remote(address, r, k) for r, a in enumerate(self.ranks)])
+
+    def step(self, seqs: list[Sequence]) -> dict[str, float]:
+        k = len(self.ranks)
+        if len(seqs) < k:
+            raise ValueError(f"ray.trainer_ranks={k}: a batch of {len(seqs)} sequences leaves a rank without data")
+        return ray.get([a.step.remote(seqs[r::k]) for r, a in enumerate(self.ranks)])[0]
+
+    def weights(self) -> ray.ObjectRef:
+        return self.ranks[0].weights.remote()
+
+    def copy_to(self, model) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            load_flat(model, torch.from_numpy(ray.get(self.weights())))
+
+    def state_dict(self) -> dict:
+        return ray.get(self.ranks[0].state_dict.remote())  # DDP keeps every rank's optimizer state the same
+
+    def load_state_dict(self, state: dict) -> None:
+        ray.get([a.load_state_dict.remote(state) for a in self.ranks])
+
+    def close(self) -> None:
+        for a in self.ranks:
+            ray.kill(a)
+        remove_placement_group(self.group)

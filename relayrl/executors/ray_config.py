@@ -13,6 +13,9 @@ class RayConfig:
     generators: int = 1  # generator replicas; batch k goes to replica k mod generators
     generator_cpus: float = 1.0
     generator_gpus: float = 0.0
+    trainer_ranks: int = 0  # 0: the trainer runs in the controller; K: K Ray actors, data-parallel (DDP)
+    trainer_cpus: float = 1.0  # per rank
+    trainer_gpus: float = 0.0  # per rank (CUDA + NCCL: untested here)
     reward_workers: int = 1
     reward_cpus: float = 0.25  # a verifier is mostly idle between batches
     spread: bool = True  # SPREAD actors over the nodes (else Ray packs them)

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from relayrl.algorithms import losses
+from relayrl.executors.weights import flatten, load_flat
 
 
 @dataclass
@@ -167,6 +168,18 @@ class Trainer:
         )
         warmup = optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
+
+    def weights(self) -> torch.Tensor:
+        """The current weights, as the generators receive them."""
+        return flatten(self.model)
+
+    def copy_to(self, model: PreTrainedModel) -> None:
+        """Bring the controller's model (held-out evaluation, checkpoints) up to date: it is this one."""
+        if model is not self.model:
+            load_flat(model, self.weights())
+
+    def close(self) -> None:
+        """Nothing to release in-process (RayTrainer's ranks are actors)."""
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
