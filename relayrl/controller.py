@@ -84,6 +84,7 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
         saved = step
 
     saved = step
+    weight_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
     generator.publish(trainer.weights(), step)
     submit_up_to(step + depth)
     try:
@@ -118,7 +119,10 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
                 metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 checkpoint()
+            t3 = time.perf_counter()
             generator.publish(trainer.weights(), step)
+            sync = time.perf_counter() - t3
+            metrics |= {"sync_seconds": sync, "sync_bytes": weight_bytes, "sync_share": sync / (t2 - t0 + sync)}
             submit_up_to(step + depth)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 trainer.copy_to(run.model)
