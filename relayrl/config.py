@@ -141,6 +141,7 @@ CHOICES = {
     "mode": ("async", "sync"),
     "recipe": ("rl", "spoc"),
     "executors": ("local", "ray"),
+    "ray.trainer_parallel": ("ddp", "fsdp2"),
     "spoc.writer": ("template", "teacher"),
     "algorithm.advantage": ("grpo", "rloo", "reinforce"),
     "algorithm.loss": ("aipo", "ppo"),

@@ -2,12 +2,13 @@
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from relayrl.executors import weight_sync
-from relayrl.executors.weights import flatten
+from relayrl.executors.weights import flatten, whole
 from relayrl.models import TinySize, load_model_and_tokenizer
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Sequence, Trainer
 
@@ -29,39 +30,56 @@ def _batch() -> list[Sequence]:
     return seqs
 
 
-def _trainer(kl: bool) -> Trainer:
+def _trainer(aggregation: str, parallel: str = "ddp") -> Trainer:
     model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
-    ref = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=1)[0] if kl else None
-    algo = AlgorithmConfig(kl_coef=0.1 if kl else 0.0)
-    return Trainer(model, OptimConfig(micro_batch_tokens=40), algo, tok.pad_token_id, temperature=0.7, ref_model=ref)
+    ref = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=1)[0]
+    algo = AlgorithmConfig(kl_coef=0.1, aggregation=aggregation)
+    optim = OptimConfig(micro_batch_tokens=40, warmup_steps=0)
+    return Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, ref_model=ref, parallel=parallel)
 
 
 def _grads(trainer: Trainer) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in trainer.model.parameters()])
+    return torch.cat([whole(p.grad).reshape(-1) for p in trainer.model.parameters()])
 
 
-def _rank(rank: int, world: int, address: str, out: str, aggregation: str) -> None:
+def _rank(rank: int, world: int, address: str, out: str, aggregation: str, parallel: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world)
-    trainer = _trainer(kl=True)
-    trainer.algo.aggregation = aggregation
+    trainer = _trainer(aggregation, parallel)
     metrics = trainer.accumulate(_batch()[rank::world])  # each rank its share of the global batch
-    torch.save({"metrics": metrics, "grads": _grads(trainer)}, f"{out}/rank{rank}.pt")
+    grads = _grads(trainer)
+    trainer.optimizer.zero_grad()
+    step = trainer.step(_batch()[rank::world])
+    result = {"metrics": metrics, "grads": grads, "step": step, "weights": trainer.weights()}
+    result["state"] = trainer.state_dict()  # FSDP2: gathered whole, keyed by name
+    torch.save(result, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_give_one_rank_loss_and_gradients(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parallel):
     for aggregation in ("token", "sequence"):
-        mp.spawn(_rank, args=(2, _free_address(), str(tmp_path), aggregation), nprocs=2)
-        single = _trainer(kl=True)
-        single.algo.aggregation = aggregation
+        mp.spawn(_rank, args=(2, _free_address(), str(tmp_path), aggregation, parallel), nprocs=2)
+        single = _trainer(aggregation)
         expected = single.accumulate(_batch())
+        grads = _grads(single)
+        single.optimizer.zero_grad()
+        step = single.step(_batch())
         for rank in range(2):
-            got = torch.load(tmp_path / f"rank{rank}.pt")
+            got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
             assert got["metrics"]["trained_tokens"] == expected["trained_tokens"]
             assert abs(got["metrics"]["loss"] - expected["loss"]) < 1e-6
             assert abs(got["metrics"]["kl_mean"] - expected["kl_mean"]) < 1e-6
-            torch.testing.assert_close(got["grads"], _grads(single), rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(got["grads"], grads, rtol=1e-5, atol=1e-7)
+            assert got["step"]["grad_norm"] == pytest.approx(step["grad_norm"], rel=1e-5)
+            torch.testing.assert_close(got["weights"], single.weights(), rtol=1e-5, atol=1e-6)
+        if parallel == "fsdp2":  # the gathered optimizer state is the one-rank state, by parameter name
+            state = torch.load(tmp_path / "rank0.pt", weights_only=False)["state"]["optimizer"]["state"]
+            names = [n.removeprefix("model.") for n in state]
+            by_name = dict(single.model.named_parameters())
+            for name, key in zip(names, state, strict=True):
+                exp = single.optimizer.state[by_name[name]]["exp_avg_sq"]
+                torch.testing.assert_close(state[key]["exp_avg_sq"], exp, rtol=1e-4, atol=1e-10)
 
 
 def _sync_rank(rank: int, world: int, address: str, out: str) -> None:

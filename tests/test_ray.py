@@ -113,7 +113,8 @@ def test_reward_pool_times_out_a_hung_verifier_and_goes_on(cluster):
     scorer.close()
 
 
-def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster, parallel):
     local = train(load_config(None, tiny(tmp_path / "local", mode="sync")), show_progress=False)
     ddp = _ray_run(
         tiny,
@@ -121,7 +122,13 @@ def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster
         "ddp",
         cluster,
         mode="sync",
-        **{"ray.generators": 1, "ray.trainer_ranks": 2, "ray.trainer_cpus": 0.5, "algorithm.kl_coef": 0.0},
+        **{
+            "ray.generators": 1,
+            "ray.trainer_ranks": 2,
+            "ray.trainer_cpus": 0.5,
+            "ray.trainer_parallel": parallel,
+            "algorithm.kl_coef": 0.0,
+        },
     )
     first_local, first_ddp = read_jsonl(local / "metrics.jsonl")[0], read_jsonl(ddp / "metrics.jsonl")[0]
     assert first_ddp["reward"] == first_local["reward"]  # the same first batch...

@@ -227,11 +227,11 @@ class RayScorer:
 class TrainerActor:
     """One data-parallel rank: a model copy, its Trainer (DDP over gloo, or NCCL on CUDA) and its share of a batch."""
 
-    def __init__(self, model_config, weights, ref_weights, optim, algo, pad_id: int, temperature: float, threads: int):
+    def __init__(self, model_config, weights, ref_weights, trainer_args: tuple, parallel: str, threads: int):
         torch.set_num_threads(threads)
         self.model = _model(model_config, weights)
         self.ref = _model(model_config, ref_weights).eval() if ref_weights is not None else None
-        self.init = (optim, algo, pad_id, temperature)
+        self.trainer_args, self.parallel = trainer_args, parallel
 
     def address(self) -> str:
         with socket.socket() as s:
@@ -245,16 +245,19 @@ class TrainerActor:
         self.model.to(device)
         if self.ref is not None:
             self.ref.to(device)
-        self.trainer = Trainer(self.model, *self.init, self.ref)
+        self.trainer = Trainer(self.model, *self.trainer_args, self.ref, self.parallel)
 
     def step(self, seqs: list[Sequence]) -> dict[str, float]:
         return self.trainer.step(seqs)
 
     def weights(self):
-        return self.trainer.weights().cpu().numpy()
+        """Every rank gathers (FSDP2 needs them all); rank 0's copy is the one returned."""
+        flat = self.trainer.weights()
+        return flat.cpu().numpy() if dist.get_rank() == 0 else None
 
-    def state_dict(self) -> dict:
-        return self.trainer.state_dict()
+    def state_dict(self) -> dict | None:
+        state = self.trainer.state_dict()
+        return state if dist.get_rank() == 0 else None
 
     def load_state_dict(self, state: dict) -> None:
         self.trainer.load_state_dict(state)
@@ -298,7 +301,7 @@ class RayTrainer:
                 num_cpus=cfg.trainer_cpus,
                 num_gpus=cfg.trainer_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=r),
-            ).remote(model.config, weights, ref, optim, algo, pad_id, temperature, threads)
+            ).remote(model.config, weights, ref, (optim, algo, pad_id, temperature), cfg.trainer_parallel, threads)
             for r in range(k)
         ]
         address = ray.get(self.ranks[0].address.remote())
@@ -311,7 +314,8 @@ class RayTrainer:
         return ray.get([a.step.remote(seqs[r::k]) for r, a in enumerate(self.ranks)])[0]
 
     def weights(self) -> ray.ObjectRef:
-        return self.ranks[0].weights.remote()
+        rank0, *_ = [a.weights.remote() for a in self.ranks]  # every rank joins the gather (FSDP2)
+        return rank0
 
     def copy_to(self, model) -> None:
         with warnings.catch_warnings():
@@ -319,7 +323,7 @@ class RayTrainer:
             load_flat(model, torch.from_numpy(ray.get(self.weights())))
 
     def state_dict(self) -> dict:
-        return ray.get(self.ranks[0].state_dict.remote())  # DDP keeps every rank's optimizer state the same
+        return ray.get([a.state_dict.remote() for a in self.ranks])[0]  # FSDP2 gathers the shards: a collective
 
     def load_state_dict(self, state: dict) -> None:
         ray.get([a.load_state_dict.remote(state) for a in self.ranks])

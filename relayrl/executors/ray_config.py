@@ -14,6 +14,7 @@ class RayConfig:
     generator_cpus: float = 1.0
     generator_gpus: float = 0.0
     trainer_ranks: int = 0  # 0: the trainer runs in the controller; K: K Ray actors, data-parallel (DDP)
+    trainer_parallel: str = "ddp"  # ddp (a model copy per rank) | fsdp2 (parameters and optimizer state sharded)
     trainer_cpus: float = 1.0  # per rank
     trainer_gpus: float = 0.0  # per rank (CUDA + NCCL: untested here)
     reward_workers: int = 1

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def flatten(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    """Every parameter in one tensor; sharded (FSDP2) ones gathered whole, a collective every rank joins."""
+    return torch.cat([whole(p).detach().reshape(-1) for p in model.parameters()])
+
+
+def whole(p: torch.Tensor) -> torch.Tensor:
+    """A parameter or gradient whole: a DTensor shard gathered (collective), anything else as it is."""
+    return p.full_tensor() if isinstance(p, DTensor) else p
 
 
 @torch.no_grad()

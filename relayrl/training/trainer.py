@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
@@ -118,6 +124,9 @@ def micro_batches(seqs: list[Sequence], token_budget: int) -> list[list[Sequence
     return groups
 
 
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
 class TokenLogprobs(torch.nn.Module):
     """The model as data parallelism sees it: forward = log-probabilities of the tokens that count."""
 
@@ -144,8 +153,9 @@ def _all_sum(values: list[float]) -> list[float]:
 
 class Trainer:
     """One optimizer step per batch. Under torch.distributed (the default group, K ranks) each rank steps on
-    its share of the global batch, wrapped in DDP; normalisers are global, so the update equals one rank's
-    on the whole batch."""
+    its share of the global batch, with its model in DDP (`parallel="ddp"`) or sharded by FSDP2 (`"fsdp2"`:
+    parameters, gradients and optimizer state split over the ranks); normalisers are global, so the update
+    equals one rank's on the whole batch."""
 
     def __init__(
         self,
@@ -155,12 +165,18 @@ class Trainer:
         pad_id: int,
         temperature: float = 1.0,
         ref_model: PreTrainedModel | None = None,
+        parallel: str = "ddp",
     ):
         self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
         self.logprobs: torch.nn.Module = TokenLogprobs(model)
-        if _world() > 1:
+        self.sharded = _world() > 1 and parallel == "fsdp2"
+        if self.sharded:  # each decoder layer a unit, the rest (embeddings, norm, head) the root's
+            for layer in [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]:
+                fully_shard(layer)
+            self.logprobs = fully_shard(self.logprobs)
+        elif _world() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None  # CUDA: untested here
             self.logprobs = DistributedDataParallel(self.logprobs, device_ids=device_ids)
         self.optimizer = torch.optim.AdamW(
@@ -170,7 +186,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
 
     def weights(self) -> torch.Tensor:
-        """The current weights, as the generators receive them."""
+        """The current weights, as the generators receive them (FSDP2: gathered, so every rank must call it)."""
         return flatten(self.model)
 
     def copy_to(self, model: PreTrainedModel) -> None:
@@ -182,10 +198,18 @@ class Trainer:
         """Nothing to release in-process (RayTrainer's ranks are actors)."""
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        """FSDP2: the whole optimizer state, gathered and keyed by parameter name, so any K can resume it."""
+        if self.sharded:
+            optimizer = get_optimizer_state_dict(self.logprobs, self.optimizer, options=FULL_STATE)
+        else:
+            optimizer = self.optimizer.state_dict()
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            set_optimizer_state_dict(self.logprobs, self.optimizer, state["optimizer"], options=FULL_STATE)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def _token_loss(self, batch: dict[str, torch.Tensor], supervised: bool) -> tuple[torch.Tensor, dict]:
@@ -227,7 +251,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return metrics | {"grad_norm": grad_norm.item()}
+        return metrics | {"grad_norm": float(grad_norm.full_tensor() if self.sharded else grad_norm)}
 
     def accumulate(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
         """Forward and backward over micro-batches: the gradients of the global batch's loss, summed over ranks."""
@@ -240,8 +264,10 @@ class Trainer:
         groups = micro_batches(seqs, self.optim_cfg.micro_batch_tokens)
         for i, group in enumerate(groups):
             batch = collate(group, self.pad_id, self.device)
-            last = i == len(groups) - 1  # DDP all-reduces the accumulated gradients on each rank's last backward
-            with contextlib.nullcontext() if last or world == 1 else self.logprobs.no_sync():
+            last = i == len(groups) - 1  # gradients are reduced over the ranks on each rank's last backward only
+            if self.sharded:
+                self.logprobs.set_requires_gradient_sync(last)
+            with contextlib.nullcontext() if last or world == 1 or self.sharded else self.logprobs.no_sync():
                 per_token, stats = self._token_loss(batch, supervised)
                 loss = losses.aggregate(per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs)
                 (loss * world).backward()  # DDP averages over ranks; the loss is already a share of the global sum
