@@ -142,6 +142,7 @@ CHOICES = {
     "recipe": ("rl", "spoc"),
     "executors": ("local", "ray"),
     "ray.trainer_parallel": ("ddp", "fsdp2"),
+    "ray.weight_sync": ("object_store", "broadcast"),
     "spoc.writer": ("template", "teacher"),
     "algorithm.advantage": ("grpo", "rloo", "reinforce"),
     "algorithm.loss": ("aipo", "ppo"),
@@ -173,6 +174,7 @@ POSITIVE = [
     "ray.generators",
     "ray.reward_workers",
     "ray.start_timeout",
+    "ray.bucket_mb",
 ]
 NON_NEGATIVE = [
     "max_staleness",

@@ -45,15 +45,24 @@ def _ray_run(tiny, tmp_path, name, cluster, **extra) -> Path:
     return train(load_config(None, tiny(tmp_path / name, **(ray_extra | extra))), show_progress=False)
 
 
-def test_ray_run_on_two_nodes_matches_the_local_run(tiny, tmp_path, cluster):
+@pytest.mark.parametrize("weight_sync", ["object_store", "broadcast"])
+def test_ray_run_on_two_nodes_matches_the_local_run(tiny, tmp_path, cluster, weight_sync):
     local = train(load_config(None, tiny(tmp_path / "local", mode="sync")), show_progress=False)
-    on_ray = _ray_run(tiny, tmp_path, "ray", cluster, mode="sync")
+    on_ray = _ray_run(tiny, tmp_path, "ray", cluster, mode="sync", **{"ray.weight_sync": weight_sync})
     assert _metrics(on_ray) == _metrics(local)
     records = read_jsonl(on_ray / "metrics.jsonl")
     assert {r["replica0_staleness"] for r in records if "replica0_staleness" in r} == {0}
     assert all(r["replica0_tokens_per_second"] > 0 and r["replica1_tokens_per_second"] > 0 for r in records[1:])
     assert records[-1]["reissued_prompts"] == 0
     assert records[-1]["generator_nodes"] == 2  # SPREAD put a replica on each node
+
+
+def test_async_broadcast_sync_keeps_staleness_bounded(tiny, tmp_path, cluster):
+    run = _ray_run(tiny, tmp_path, "bcast", cluster, mode="async", max_staleness=2, **{"ray.weight_sync": "broadcast"})
+    records = read_jsonl(run / "metrics.jsonl")
+    assert len(records) == 6 and records[-1]["dropped_stale"] == 0
+    assert all(0 <= r["staleness"] <= 2 for r in records)  # a replica may sample with a newer version, never older
+    assert all(r["sync_bytes"] > 0 for r in records)
 
 
 def _kill_a_generator_once_training_began(run_root: Path, killed: list) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -25,9 +26,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from transformers import AutoModelForCausalLM
 
+from relayrl.executors import weight_sync
 from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
 from relayrl.executors.ray_config import RayConfig
-from relayrl.executors.weight_sync import backend_for
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result
@@ -62,11 +63,31 @@ def _wait_ready(actors: list, what: str, cfg: RayConfig) -> None:
 
 
 class GeneratorActor:
-    """A GeneratorWorker in a Ray actor, loading the version each call names before it samples."""
+    """A GeneratorWorker in a Ray actor, loading the version each call names before it samples.
+
+    With the broadcast weight path, `receive` runs on a thread of its own (concurrency group "sync") into a
+    spare buffer while `generate` samples; the buffers swap only when a version is complete, and `generate`
+    loads the newest complete version (never older than the one it names) before a batch, never during one.
+    """
 
     def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int):
         torch.set_num_threads(threads)
         self.worker = GeneratorWorker(model_config, tokenizer, sampling, split)
+        self.received = threading.Condition()
+        self.front, self.front_version = None, -1
+
+    def join_sync(self, address: str, rank: int, world: int, bucket_mb: float) -> None:
+        self.pg, self.bucket_mb = weight_sync.init_group(address, rank, world), bucket_mb
+        self.back = torch.empty_like(flatten(self.worker.model))
+        self.front = torch.empty_like(self.back)
+
+    @ray.method(concurrency_group="sync")
+    def receive(self) -> int:
+        version = weight_sync.receive(self.pg, self.back, self.bucket_mb)
+        with self.received:
+            self.front, self.back, self.front_version = self.back, self.front, version
+            self.received.notify_all()
+        return version
 
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -74,8 +95,13 @@ class GeneratorActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, req: GenerateRequest, version: int, weights: list) -> tuple[list[Rollout], float]:
-        if self.worker.version != version:
+    def generate(self, req: GenerateRequest, version: int, weights: list | None) -> tuple[list[Rollout], float]:
+        if weights is None:  # broadcast: wait for that version (or a newer one) to be complete
+            with self.received:
+                self.received.wait_for(lambda: self.front_version >= version)
+                if self.worker.version != self.front_version:
+                    self.worker.load(self.front, self.front_version)
+        elif self.worker.version != version:
             with warnings.catch_warnings():  # the object store's array is read-only; it is only read here
                 warnings.simplefilter("ignore", UserWarning)
                 self.worker.load(torch.from_numpy(ray.get(weights[0])), version)
@@ -87,7 +113,8 @@ class _Call:
     req: GenerateRequest
     replica: int
     version: int
-    weights: list  # [ObjectRef]: a list, so Ray hands the actor the reference and it fetches only on a new version
+    weights: list | None  # [ObjectRef], so Ray hands over the reference and the actor fetches only a new version;
+    # None: the version comes by broadcast
     future: ray.ObjectRef | None = None
 
 
@@ -96,7 +123,8 @@ class RayGenerator:
 
     def __init__(self, cfg: RayConfig, model_config, tokenizer, sampling: SamplingConfig, split=None, threads=1):
         connect(cfg)
-        actor, options = ray.remote(GeneratorActor), _options(cfg, cfg.generator_cpus, cfg.generator_gpus)
+        actor = ray.remote(concurrency_groups={"sync": 1})(GeneratorActor)
+        options = _options(cfg, cfg.generator_cpus, cfg.generator_gpus)
         run = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a replica: ray.util.list_named_actors()
         self.actors = [
             actor.options(**options, name=f"relayrl-{run}-generator{i}").remote(
@@ -109,11 +137,31 @@ class RayGenerator:
         self.cfg, self.weights, self.inflight = cfg, None, deque()
         self.reissued_prompts = 0
         self.tokens, self.seconds = [0] * len(self.actors), [0.0] * len(self.actors)
+        self.pg, self.receiving = self._join_sync() if cfg.weight_sync == "broadcast" else None, []
+
+    def _join_sync(self):
+        """A sync group: this process (rank 0, the sender) and every replica."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            address = f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+        world = len(self.actors) + 1
+        joined = [a.join_sync.remote(address, i + 1, world, self.cfg.bucket_mb) for i, a in enumerate(self.actors)]
+        pg = weight_sync.init_group(address, 0, world)
+        ray.get(joined)
+        return pg
 
     def publish(self, flat: torch.Tensor | ray.ObjectRef, version: int) -> None:
         """Weights from a local trainer (a tensor), or from a RayTrainer (already in the object store)."""
-        ref = flat if isinstance(flat, ray.ObjectRef) else ray.put(flat.detach().numpy().copy())  # numpy: zero-copy
-        self.weights = (version, [ref])
+        if self.pg is None:
+            ref = flat if isinstance(flat, ray.ObjectRef) else ray.put(flat.detach().numpy().copy())  # zero-copy
+            self.weights = (version, [ref])
+            return
+        ray.get(self.receiving)  # the previous version is complete everywhere (and a receiver's error surfaces)
+        if isinstance(flat, ray.ObjectRef):
+            flat = torch.from_numpy(ray.get(flat).copy())
+        self.receiving = [a.receive.remote() for a in self.actors]
+        weight_sync.send(self.pg, flat.detach(), version, self.cfg.bucket_mb)
+        self.weights = (version, None)
 
     def submit(self, req: GenerateRequest) -> None:
         call = _Call(req, req.batch_index % len(self.actors), *self.weights)
@@ -130,6 +178,12 @@ class RayGenerator:
                 rollouts, seconds = ray.get(call.future)
                 break
             except RayActorError:  # Ray restarts the replica: send the lost call again, once it is back
+                if self.pg is not None:
+                    raise RuntimeError(
+                        f"generator replica {call.replica} died; with ray.weight_sync=broadcast its sync group "
+                        "cannot be re-formed: continue with relayrl train --resume RUN_DIR, or use "
+                        "ray.weight_sync=object_store"
+                    ) from None
                 self._await_restart(call.replica)
                 self.reissued_prompts += len(call.req.prompt_indices)
                 self._send(call)
@@ -240,7 +294,7 @@ class TrainerActor:
 
     def setup(self, address: str, rank: int, world: int) -> None:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        backend = backend_for(device)
+        backend = weight_sync.backend_for(device)
         dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world)
         self.model.to(device)
         if self.ref is not None:

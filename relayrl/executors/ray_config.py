@@ -17,6 +17,8 @@ class RayConfig:
     trainer_parallel: str = "ddp"  # ddp (a model copy per rank) | fsdp2 (parameters and optimizer state sharded)
     trainer_cpus: float = 1.0  # per rank
     trainer_gpus: float = 0.0  # per rank (CUDA + NCCL: untested here)
+    weight_sync: str = "object_store"  # object_store | broadcast (torch.distributed, a group of its own)
+    bucket_mb: float = 64.0  # broadcast bucket size
     reward_workers: int = 1
     reward_cpus: float = 0.25  # a verifier is mostly idle between batches
     spread: bool = True  # SPREAD actors over the nodes (else Ray packs them)
