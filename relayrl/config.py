@@ -143,6 +143,7 @@ CHOICES = {
     "executors": ("local", "ray"),
     "ray.trainer_parallel": ("ddp", "fsdp2"),
     "ray.weight_sync": ("object_store", "broadcast"),
+    "ray.placement": ("disaggregated", "colocated"),
     "spoc.writer": ("template", "teacher"),
     "algorithm.advantage": ("grpo", "rloo", "reinforce"),
     "algorithm.loss": ("aipo", "ppo"),

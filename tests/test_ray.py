@@ -122,8 +122,8 @@ def test_reward_pool_times_out_a_hung_verifier_and_goes_on(cluster):
     scorer.close()
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
-def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster, parallel):
+@pytest.mark.parametrize(("parallel", "placement"), [("ddp", "disaggregated"), ("fsdp2", "colocated")])
+def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster, parallel, placement):
     local = train(load_config(None, tiny(tmp_path / "local", mode="sync")), show_progress=False)
     ddp = _ray_run(
         tiny,
@@ -132,10 +132,12 @@ def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster
         cluster,
         mode="sync",
         **{
-            "ray.generators": 1,
+            "ray.generators": 2,
+            "ray.generator_cpus": 0.25,
             "ray.trainer_ranks": 2,
-            "ray.trainer_cpus": 0.5,
+            "ray.trainer_cpus": 0.25,
             "ray.trainer_parallel": parallel,
+            "ray.placement": placement,
             "algorithm.kl_coef": 0.0,
         },
     )
@@ -143,5 +145,7 @@ def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster
     assert first_ddp["reward"] == first_local["reward"]  # the same first batch...
     assert first_ddp["loss"] == pytest.approx(first_local["loss"], rel=1e-5, abs=1e-7)  # ...and its loss, on 2 ranks
     assert first_ddp["grad_norm"] == pytest.approx(first_local["grad_norm"], rel=1e-4)
+    # colocated: both replicas on the controller's node (the head); disaggregated: SPREAD over both nodes
+    assert read_jsonl(ddp / "metrics.jsonl")[-1]["generator_nodes"] == (1 if placement == "colocated" else 2)
     summary = json.loads((ddp / "summary.json").read_text())
     assert summary["steps"] == 6 and (ddp / "checkpoints" / "step_000006").exists()

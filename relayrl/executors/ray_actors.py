@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from transformers import AutoModelForCausalLM
 
 from relayrl.executors import weight_sync
@@ -42,14 +42,20 @@ def connect(cfg: RayConfig) -> None:
         ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
 
 
-def _options(cfg: RayConfig, cpus: float, gpus: float = 0.0) -> dict:
+def _options(cfg: RayConfig, cpus: float, gpus: float = 0.0, placed: bool = False) -> dict:
+    """Actor options; `placed` actors (generators, trainer ranks) follow `ray.placement`."""
     return {
         "num_cpus": cpus,
         "num_gpus": gpus,
         "max_restarts": cfg.max_restarts,
         "max_task_retries": 0,  # relayrl reissues lost calls itself, so it can count them and keep their order
-        "scheduling_strategy": "SPREAD" if cfg.spread else "DEFAULT",
+        "scheduling_strategy": _here() if placed and cfg.placement == "colocated" else "SPREAD" if cfg.spread else None,
     }
+
+
+def _here() -> NodeAffinitySchedulingStrategy:
+    """The controller's node, where colocated executors share the devices."""
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def _wait_ready(actors: list, what: str, cfg: RayConfig) -> None:
@@ -62,7 +68,15 @@ def _wait_ready(actors: list, what: str, cfg: RayConfig) -> None:
         ) from None
 
 
-class GeneratorActor:
+class _Actor:
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class GeneratorActor(_Actor):
     """A GeneratorWorker in a Ray actor, loading the version each call names before it samples.
 
     With the broadcast weight path, `receive` runs on a thread of its own (concurrency group "sync") into a
@@ -88,12 +102,6 @@ class GeneratorActor:
             self.front, self.back, self.front_version = self.back, self.front, version
             self.received.notify_all()
         return version
-
-    def node(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def generate(self, req: GenerateRequest, version: int, weights: list | None) -> tuple[list[Rollout], float]:
         if weights is None:  # broadcast: wait for that version (or a newer one) to be complete
@@ -124,7 +132,7 @@ class RayGenerator:
     def __init__(self, cfg: RayConfig, model_config, tokenizer, sampling: SamplingConfig, split=None, threads=1):
         connect(cfg)
         actor = ray.remote(concurrency_groups={"sync": 1})(GeneratorActor)
-        options = _options(cfg, cfg.generator_cpus, cfg.generator_gpus)
+        options = _options(cfg, cfg.generator_cpus, cfg.generator_gpus, placed=True)
         run = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a replica: ray.util.list_named_actors()
         self.actors = [
             actor.options(**options, name=f"relayrl-{run}-generator{i}").remote(
@@ -220,12 +228,9 @@ class RayGenerator:
         self.inflight.clear()
 
 
-class RewardActor:
+class RewardActor(_Actor):
     def __init__(self, scorer: RewardFn):
         self.scorer = scorer
-
-    def node(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def score(self, text: str, answer: str) -> float | list[float]:
         return self.scorer(text, answer)
@@ -278,7 +283,7 @@ class RayScorer:
             ray.kill(a)
 
 
-class TrainerActor:
+class TrainerActor(_Actor):
     """One data-parallel rank: a model copy, its Trainer (DDP over gloo, or NCCL on CUDA) and its share of a batch."""
 
     def __init__(self, model_config, weights, ref_weights, trainer_args: tuple, parallel: str, threads: int):
@@ -335,18 +340,19 @@ class RayTrainer:
 
     def __init__(self, cfg: RayConfig, model, ref_model, optim, algo, pad_id: int, temperature: float, threads=1):
         connect(cfg)
-        k = cfg.trainer_ranks
-        bundles = [
-            {"CPU": cfg.trainer_cpus, "GPU": cfg.trainer_gpus} if cfg.trainer_gpus else {"CPU": cfg.trainer_cpus}
-        ]
-        self.group = placement_group(bundles * k, strategy="PACK")  # a trainer's ranks together, on as few nodes
-        try:
-            ray.get(self.group.ready(), timeout=cfg.start_timeout)
-        except GetTimeoutError:
-            raise RuntimeError(
-                f"ray: {k} trainer ranks of {bundles[0]} did not fit within ray.start_timeout={cfg.start_timeout}s; "
-                f"the cluster has {ray.available_resources()} free"
-            ) from None
+        k, self.group = cfg.trainer_ranks, None
+        if cfg.placement == "disaggregated":  # a trainer's ranks together, on as few nodes as fit them
+            bundle = (
+                {"CPU": cfg.trainer_cpus, "GPU": cfg.trainer_gpus} if cfg.trainer_gpus else {"CPU": cfg.trainer_cpus}
+            )
+            self.group = placement_group([bundle] * k, strategy="PACK")
+            try:
+                ray.get(self.group.ready(), timeout=cfg.start_timeout)
+            except GetTimeoutError:
+                raise RuntimeError(
+                    f"ray: {k} trainer ranks of {bundle} did not fit within ray.start_timeout={cfg.start_timeout}s; "
+                    f"the cluster has {ray.available_resources()} free"
+                ) from None
         weights = [ray.put(flatten(model).numpy())]
         ref = [ray.put(flatten(ref_model).numpy())] if ref_model is not None else None
         actor = ray.remote(TrainerActor)
@@ -354,10 +360,13 @@ class RayTrainer:
             actor.options(
                 num_cpus=cfg.trainer_cpus,
                 num_gpus=cfg.trainer_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=r),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=r)
+                if self.group
+                else _here(),
             ).remote(model.config, weights, ref, (optim, algo, pad_id, temperature), cfg.trainer_parallel, threads)
             for r in range(k)
         ]
+        _wait_ready(self.ranks, "trainer", cfg)
         address = ray.get(self.ranks[0].address.remote())
         ray.get([a.setup.remote(address, r, k) for r, a in enumerate(self.ranks)])
 
@@ -385,4 +394,5 @@ class RayTrainer:
     def close(self) -> None:
         for a in self.ranks:
             ray.kill(a)
-        remove_placement_group(self.group)
+        if self.group:
+            remove_placement_group(self.group)

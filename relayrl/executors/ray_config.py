@@ -21,6 +21,8 @@ class RayConfig:
     bucket_mb: float = 64.0  # broadcast bucket size
     reward_workers: int = 1
     reward_cpus: float = 0.25  # a verifier is mostly idle between batches
-    spread: bool = True  # SPREAD actors over the nodes (else Ray packs them)
+    placement: str = "disaggregated"  # disaggregated: generators SPREAD over the nodes, trainer ranks in their
+    # own placement group | colocated: generators and trainer ranks on the controller's node, sharing it
+    spread: bool = True  # disaggregated: SPREAD generators and reward workers over the nodes (else Ray packs them)
     max_restarts: int = 3  # per actor: Ray restarts a dead one this many times
     start_timeout: float = 300.0  # seconds for every actor to start (resources the cluster lacks: an error)
