@@ -84,9 +84,15 @@ class GeneratorActor(_Actor):
     loads the newest complete version (never older than the one it names) before a batch, never during one.
     """
 
-    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int):
+    def __init__(
+        self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int, offload: bool
+    ):
         torch.set_num_threads(threads)
         self.worker = GeneratorWorker(model_config, tokenizer, sampling, split)
+        # a GPU, when Ray gave this actor one (ray.generator_gpus); colocated, the model leaves it between batches
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.offload = offload and self.device.type == "cuda"  # untested here: no GPU
+        self.worker.model.to("cpu" if self.offload else self.device)
         self.received = threading.Condition()
         self.front, self.front_version = None, -1
 
@@ -113,7 +119,14 @@ class GeneratorActor(_Actor):
             with warnings.catch_warnings():  # the object store's array is read-only; it is only read here
                 warnings.simplefilter("ignore", UserWarning)
                 self.worker.load(torch.from_numpy(ray.get(weights[0])), version)
-        return self.worker.generate(req)
+        if not self.offload:
+            return self.worker.generate(req)
+        self.worker.model.to(self.device)
+        try:
+            return self.worker.generate(req)
+        finally:
+            self.worker.model.to("cpu")  # the colocated trainer gets the GPU back
+            torch.cuda.empty_cache()
 
 
 @dataclass
@@ -136,7 +149,7 @@ class RayGenerator:
         run = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a replica: ray.util.list_named_actors()
         self.actors = [
             actor.options(**options, name=f"relayrl-{run}-generator{i}").remote(
-                model_config, tokenizer, sampling, split, threads
+                model_config, tokenizer, sampling, split, threads, cfg.placement == "colocated"
             )
             for i in range(cfg.generators)
         ]
@@ -286,11 +299,13 @@ class RayScorer:
 class TrainerActor(_Actor):
     """One data-parallel rank: a model copy, its Trainer (DDP over gloo, or NCCL on CUDA) and its share of a batch."""
 
-    def __init__(self, model_config, weights, ref_weights, trainer_args: tuple, parallel: str, threads: int):
+    def __init__(
+        self, model_config, weights, ref_weights, trainer_args: tuple, parallel: str, threads: int, colocated: bool
+    ):
         torch.set_num_threads(threads)
         self.model = _model(model_config, weights)
         self.ref = _model(model_config, ref_weights).eval() if ref_weights is not None else None
-        self.trainer_args, self.parallel = trainer_args, parallel
+        self.trainer_args, self.parallel, self.colocated = trainer_args, parallel, colocated
 
     def address(self) -> str:
         with socket.socket() as s:
@@ -304,7 +319,8 @@ class TrainerActor(_Actor):
         self.model.to(device)
         if self.ref is not None:
             self.ref.to(device)
-        self.trainer = Trainer(self.model, *self.trainer_args, self.ref, self.parallel)
+        offload = self.colocated and device.type == "cuda"  # untested here: no GPU
+        self.trainer = Trainer(self.model, *self.trainer_args, self.ref, self.parallel, offload=offload)
 
     def step(self, seqs: list[Sequence]) -> dict[str, float]:
         return self.trainer.step(seqs)
@@ -363,7 +379,15 @@ class RayTrainer:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=r)
                 if self.group
                 else _here(),
-            ).remote(model.config, weights, ref, (optim, algo, pad_id, temperature), cfg.trainer_parallel, threads)
+            ).remote(
+                model.config,
+                weights,
+                ref,
+                (optim, algo, pad_id, temperature),
+                cfg.trainer_parallel,
+                threads,
+                cfg.placement == "colocated",
+            )
             for r in range(k)
         ]
         _wait_ready(self.ranks, "trainer", cfg)

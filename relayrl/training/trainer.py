@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
@@ -166,16 +166,19 @@ class Trainer:
         temperature: float = 1.0,
         ref_model: PreTrainedModel | None = None,
         parallel: str = "ddp",
+        offload: bool = False,
     ):
         self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
+        self.offload_optimizer = offload and parallel != "fsdp2"  # FSDP2 offloads through its policy
         self.logprobs: torch.nn.Module = TokenLogprobs(model)
         self.sharded = _world() > 1 and parallel == "fsdp2"
         if self.sharded:  # each decoder layer a unit, the rest (embeddings, norm, head) the root's
+            policy = CPUOffloadPolicy() if offload else OffloadPolicy()  # offload: shards live in host memory
             for layer in [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]:
-                fully_shard(layer)
-            self.logprobs = fully_shard(self.logprobs)
+                fully_shard(layer, offload_policy=policy)
+            self.logprobs = fully_shard(self.logprobs, offload_policy=policy)
         elif _world() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None  # CUDA: untested here
             self.logprobs = DistributedDataParallel(self.logprobs, device_ids=device_ids)
@@ -248,10 +251,21 @@ class Trainer:
         """One optimizer step on the whole batch (this rank's share of it), accumulated over micro-batches."""
         metrics = self.accumulate(seqs, supervised)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+        self._move_optimizer_state(self.device)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._move_optimizer_state(torch.device("cpu"))
         return metrics | {"grad_norm": float(grad_norm.full_tensor() if self.sharded else grad_norm)}
+
+    def _move_optimizer_state(self, device: torch.device) -> None:
+        """offload (colocated on CUDA): AdamW's moments wait in host memory while the generators sample."""
+        if not self.offload_optimizer:
+            return
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if torch.is_tensor(v) and k != "step":
+                    state[k] = v.to(device, non_blocking=True)
 
     def accumulate(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
         """Forward and backward over micro-batches: the gradients of the global batch's loss, summed over ranks."""
