@@ -44,13 +44,47 @@ METRICS = [
 ]
 
 
-def sampled_tokens(run_dir: Path) -> int:
-    """Completion tokens of every rollout RL sampled and trained on (none are dropped at max_staleness >= 1)."""
-    total, trained = 0.0, 0
+def token_curve(run_dir: Path, start: float = 0.0) -> list[tuple[float, dict]]:
+    """(completion tokens sampled so far, metrics record) per RL step (no rollout is dropped at staleness 1)."""
+    total, trained, curve = start, 0, []
     for r in read_jsonl(run_dir / "metrics.jsonl"):
         total += r["completion_length"] * (r["rollouts_trained"] - trained)
         trained = r["rollouts_trained"]
-    return round(total)
+        curve.append((total, r))
+    return curve
+
+
+def sampled_tokens(run_dir: Path) -> int:
+    """Completion tokens of every rollout RL sampled and trained on."""
+    curve = token_curve(run_dir)
+    return round(curve[-1][0]) if curve else 0
+
+
+def plot(seeds: list[dict], path: Path) -> None:
+    """Held-out final accuracy against sampled tokens, both arms, every seed (SPOC's PairSFT samples included)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for s in seeds:
+        for arm, color in (("single_pass", "tab:blue"), ("spoc", "tab:orange")):
+            r = s[arm]
+            start = r["pair_sft"]["sampled_tokens"] if arm == "spoc" else 0
+            points = [(start, r["start"]["final_accuracy"])] + [
+                (t, m["heldout_accuracy"]) for t, m in token_curve(Path(r["run_dir"]), start) if "heldout_accuracy" in m
+            ]
+            label = f"{arm.replace('_', '-')} RL" if s is seeds[0] else None
+            ax.plot(*zip(*points, strict=True), color=color, marker="o", markersize=3, alpha=0.8, label=label)
+    ax.set_xlabel("completion tokens sampled (SPOC: PairSFT samples + RL rollouts)")
+    ax.set_ylabel("held-out accuracy (greedy; SPOC: final answer)")
+    ax.set_title(f"SPOC vs single-pass RL at equal sampled tokens, {len(seeds)} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def run_arm(overrides: list[str]) -> tuple[Path, dict]:
@@ -129,9 +163,14 @@ def main() -> None:
     p.add_argument("--kl", type=float, default=0.05, help="KL to the policy RL starts from (both arms)")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--run-dir", default="", help="run folders (default: <out>/runs/spoc)")
+    p.add_argument("--plot", default="docs/recipes/spoc.png", help="where the accuracy-vs-tokens plot goes")
+    p.add_argument("--plot-only", action="store_true", help="redraw the plot from <out>/spoc.json, run nothing")
     p.add_argument("overrides", nargs="*", help="relayrl config overrides for both arms, e.g. mode=sync")
     args = p.parse_args()
     out = Path(args.out)
+    if args.plot_only:
+        plot(json.loads((out / "spoc.json").read_text())["seeds"], Path(args.plot))
+        return
     solution = 12 * args.terms  # tokens for one solution: a line per step and the answer line
     common = [
         f"task.arithmetic.terms={args.terms}",
@@ -172,7 +211,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "spoc.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "spoc.md").write_text(f"# SPOC vs single-pass RL\n\n`{result['command']}`\n\n{table(seeds)}\n")
-    print(f"wrote {out / 'spoc.json'} and {out / 'spoc.md'}")
+    plot(seeds, Path(args.plot))
+    print(f"wrote {out / 'spoc.json'}, {out / 'spoc.md'} and {args.plot}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Each path is timed end to end, from the trainer's model to the generator's model
 - `memcpy`: one copy of the flat weights in this process: the machine's bound for any sync.
 
 Then the sync share of one training step on the embedded default (`sync_share` in metrics.jsonl), for the
-local async default and for executors=ray.
+local async default and for executors=ray with each weight path.
 
     .venv/bin/python bench/weight_sync.py [--sizes 10M 100M 500M] [--repeats 3] [--out bench/results]
 
@@ -180,12 +180,16 @@ def main() -> None:
         shares = {
             "local_async": sync_share(Path(tmp) / "local", base),
             "ray": sync_share(Path(tmp) / "ray", [*base, "executors=ray", "ray.reward_cpus=0.1"]),
+            "ray_broadcast": sync_share(
+                Path(tmp) / "bcast", [*base, "executors=ray", "ray.reward_cpus=0.1", "ray.weight_sync=broadcast"]
+            ),
         }
     big = rows.get("500M") or rows[args.sizes[-1]]
     result = {
         "broadcast_speedup_500m": big["ray_state_dict"]["seconds"] / big["broadcast"]["seconds"],
         "sync_share_default": shares["local_async"]["sync_share"],
         "sync_share_default_ray": shares["ray"]["sync_share"],
+        "sync_share_default_ray_broadcast": shares["ray_broadcast"]["sync_share"],
         "command": shlex.join([".venv/bin/python", *sys.argv]),
         "sizes": rows,
         "embedded_default": shares,
