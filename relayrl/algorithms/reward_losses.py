@@ -1,0 +1,21 @@
+"""Losses of reward models: Bradley-Terry on scalar rewards, and Critic-RM's joint critique + reward loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected), averaged over pairs: the preference's negative log-likelihood."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def critic_weight(step: int, total_steps: int) -> float:
+    """Critic-RM's weight on the reward loss: 0 at the first step (all critique LM loss), 1 at the last."""
+    return min(1.0, step / max(total_steps - 1, 1))
+
+
+def critic_rm(lm_loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) * the critique's LM loss + weight * Bradley-Terry on the rewards predicted after the critiques."""
+    return (1 - weight) * lm_loss + weight * bradley_terry(chosen, rejected)
