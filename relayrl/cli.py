@@ -1,4 +1,4 @@
-"""relayrl train | eval | models import."""
+"""relayrl train | eval | rm train | models import."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ def _eval(args) -> None:
         print(f"per-item outputs, eval.json, compare.md and compare.png in {args.output}")
 
 
+def _rm_train(args) -> None:
+    from relayrl.config import merge
+    from relayrl.training.reward_model import RMConfig, train_reward_model
+
+    names, configs, overrides = _split(args.args)
+    if names:
+        raise ConfigError(f"rm train: {names[0]!r} is neither a YAML file (.yaml) nor a dotted override (key=value)")
+    cfg = merge(RMConfig, configs, overrides)
+    metrics = train_reward_model(cfg)
+    print(
+        f"held-out pair accuracy {metrics['heldout_pair_accuracy_start']:.1%} -> {metrics['heldout_pair_accuracy']:.1%}"
+        f" ({metrics['heldout_pairs']} pairs); reward model: {cfg.output}"
+    )
+
+
 def _models_import(args) -> None:
     output = Path(args.output) if args.output else None
     if args.gguf:
@@ -98,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--k", default="1", help="comma-separated k for pass@k and maj@k")
     e.add_argument("--output", metavar="DIR", help="write per-item JSONL, eval.json, compare.md and compare.png here")
     e.set_defaults(func=_eval)
+    r = sub.add_parser("rm", help="reward models").add_subparsers(dest="action", required=True)
+    rt = r.add_parser(
+        "train", help="train a Bradley-Terry reward model on preference pairs (docs/recipes/reward_models.md)"
+    )
+    rt.add_argument("args", nargs="*", help="YAML config files, then dotted overrides: data.path=pairs.jsonl")
+    rt.set_defaults(func=_rm_train)
     m = sub.add_parser("models", help="manage local models").add_subparsers(dest="action", required=True)
     i = m.add_parser("import", help="convert a GGUF into an HF model folder (cached); prints the folder")
     source = i.add_mutually_exclusive_group(required=True)
@@ -111,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         i.error("--name names a --gguf import; a known model keeps its own name")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ModelImportError) as err:
+    except (ConfigError, FileNotFoundError, ModelImportError, ValueError) as err:
         sys.exit(f"relayrl: error: {err}")
 
 

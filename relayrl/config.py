@@ -224,16 +224,20 @@ def validate(cfg: Config) -> Config:
 
 def load_config(paths: str | list[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then each YAML file in order, then dotted overrides."""
+    return validate(merge(Config, paths, overrides))
+
+
+def merge(schema: type, paths: str | list[str] | None, overrides: list[str] | None):
+    """A `schema` dataclass from its defaults, YAML files and dotted overrides; errors name the bad key."""
     try:
-        merged = OmegaConf.structured(Config)
+        merged = OmegaConf.structured(schema)
         for path in [paths] if isinstance(paths, str) else paths or []:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
-        cfg = OmegaConf.to_object(merged)
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
-    return validate(cfg)
 
 
 PRESETS = Path(__file__).parent / "tasks" / "presets"

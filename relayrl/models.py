@@ -74,9 +74,14 @@ def load_model_and_tokenizer(
     name_or_path: str, size: TinySize | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A builtin tiny model, or any HF causal LM by hub id or local folder."""
+    tokenizer = load_tokenizer(name_or_path)
     if name_or_path in TINY_ARCHS:
-        tokenizer = build_char_tokenizer()
         return build_tiny_model(name_or_path, tokenizer, size or TinySize(), seed), tokenizer
+    return AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=dtype), tokenizer
+
+
+def resolve(name_or_path: str) -> str:
+    """A local folder (`~` expanded) or a hub id; anything else is an error naming the field."""
     if name_or_path.startswith("~"):
         name_or_path = str(Path(name_or_path).expanduser())
     if not Path(name_or_path).exists() and "/" not in name_or_path:
@@ -84,8 +89,14 @@ def load_model_and_tokenizer(
             f"model.name_or_path: {name_or_path!r} is neither a local folder, a hub id (org/name) "
             f"nor a builtin ({', '.join(sorted(TINY_ARCHS))})"
         )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The builtin character tokenizer, or the model's own, with a pad token (its EOS if it has none)."""
+    if name_or_path in TINY_ARCHS:
+        return build_char_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    return model, tokenizer
+    return tokenizer
