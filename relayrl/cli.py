@@ -1,4 +1,4 @@
-"""relayrl train | eval | rm train | models import."""
+"""relayrl train | eval | rm train | serve | models import."""
 
 from __future__ import annotations
 
@@ -89,6 +89,12 @@ def _rm_train(args) -> None:
     )
 
 
+def _serve(args) -> None:
+    from relayrl.serve import serve
+
+    serve(args.model, args.host, args.port, args.max_new_tokens)
+
+
 def _models_import(args) -> None:
     output = Path(args.output) if args.output else None
     if args.gguf:
@@ -119,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     rt.add_argument("args", nargs="*", help="YAML config files, then dotted overrides: data.path=pairs.jsonl")
     rt.set_defaults(func=_rm_train)
+    s = sub.add_parser("serve", help="serve a model as an OpenAI-compatible chat-completions endpoint")
+    s.add_argument("model", help="a checkpoint folder, HF folder, hub id or builtin")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-new-tokens", type=int, default=256, help="when a request gives no max_tokens")
+    s.set_defaults(func=_serve)
     m = sub.add_parser("models", help="manage local models").add_subparsers(dest="action", required=True)
     i = m.add_parser("import", help="convert a GGUF into an HF model folder (cached); prints the folder")
     source = i.add_mutually_exclusive_group(required=True)
