@@ -17,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from relayrl.executors.ray_config import RayConfig
 from relayrl.generation.messages import SpocFormat
 from relayrl.generation.sampler import SamplingConfig
+from relayrl.rewards.judge import PointwiseJudge
+from relayrl.rewards.model_scorer import RewardModelScorer
 from relayrl.rewards.spoc import SpocRewards
 from relayrl.rewards.verifier import RewardConfig
 from relayrl.tasks import ArithmeticConfig, DatasetConfig, ReasoningGymConfig, Task, make_task
@@ -127,6 +129,17 @@ class Config:
             return single
         return dataclasses.replace(single, max_new_tokens=self.spoc.max_new_tokens, stop_rule=self.spoc.format())
 
+    def reward_fn(self, task: Task):
+        """What rewards a rollout: SPOC's per-message rewards, a reward model, a judge, or the task's verifier."""
+        r = self.reward
+        if self.recipe == "spoc":
+            return self.message_rewards(task)
+        if r.source == "reward_model":
+            return RewardModelScorer(r.model)
+        if r.source == "judge":
+            return PointwiseJudge(r.judge_url, r.judge_model)
+        return task.scorer
+
     def message_rewards(self, task: Task) -> SpocRewards | None:
         """SPOC's per-message rewards over the task's scorer; None: one reward per rollout."""
         return SpocRewards(self.spoc.format(), task.scorer) if self.recipe == "spoc" else None
@@ -141,6 +154,7 @@ CHOICES = {
     "mode": ("async", "sync"),
     "recipe": ("rl", "spoc"),
     "executors": ("local", "ray"),
+    "reward.source": ("task", "reward_model", "judge"),
     "ray.trainer_parallel": ("ddp", "fsdp2"),
     "ray.weight_sync": ("object_store", "broadcast"),
     "ray.placement": ("disaggregated", "colocated"),
@@ -217,6 +231,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.samples_per_prompt: {cfg.algorithm.advantage} needs >= 2 samples per prompt")
     if cfg.recipe == "spoc" and cfg.rollout.samples_per_prompt < 2:
         raise ConfigError("rollout.samples_per_prompt: spoc's message-wise RLOO needs >= 2 samples per prompt")
+    if cfg.reward.source == "reward_model" and not cfg.reward.model:
+        raise ConfigError("reward.model: reward.source=reward_model needs a reward-model folder (relayrl rm train)")
+    if cfg.reward.source == "judge" and not cfg.reward.judge_url:
+        raise ConfigError("reward.judge_url: reward.source=judge needs an OpenAI-compatible endpoint URL")
+    if cfg.recipe == "spoc" and cfg.reward.source != "task":
+        raise ConfigError("reward.source: recipe=spoc rewards each message with the task's verifier; use task")
     if cfg.recipe == "spoc" and cfg.spoc.writer == "teacher" and not cfg.spoc.teacher:
         raise ConfigError("spoc.teacher: writer=teacher needs a model (hub id or local folder)")
     return cfg

@@ -30,6 +30,7 @@ class Rollout:
     reward: float | None = None
     reward_failed: bool = False
     replica: int = 0  # the generator replica that sampled it
+    prompt: str = ""  # the prompt's text, for scorers that read it (reward models, judges)
 
     def __post_init__(self) -> None:
         if not self.messages:

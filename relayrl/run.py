@@ -136,7 +136,25 @@ class Run:
 
     def heldout_metrics(self) -> dict:
         result = self.evaluate()
-        return {"heldout_accuracy": result.accuracy} | {f"heldout_{k}": v for k, v in result.message_metrics.items()}
+        metrics = {"heldout_accuracy": result.accuracy} | {f"heldout_{k}": v for k, v in result.message_metrics.items()}
+        return metrics | self.audit(result)
+
+    def audit(self, result: EvalResult) -> dict:
+        """Gold-judge audit of a run rewarded by a reward model or judge: its reward of the held-out greedy
+        completions beside their accuracy by the task's verifier (the gold), and the gap; reward hacking
+        shows as a reward that rises while the gold does not."""
+        if self.cfg.reward.source == "task":
+            return {}
+        fn, scores, failures = self.cfg.reward_fn(self.task), [], 0
+        for o in result.outputs:
+            prompt = self.tokenizer.decode(encode_prompt(self.tokenizer, o["prompt"]), skip_special_tokens=True)
+            try:
+                scores.append(float(fn(o["greedy"], o["answer"], prompt=prompt)))
+            except Exception:  # a judge that fails is counted, never fatal
+                failures += 1
+        mean = sum(scores) / len(scores) if scores else None
+        gap = None if mean is None else mean - result.accuracy
+        return {"heldout_reward": mean, "heldout_gold_gap": gap, "heldout_reward_failures": failures}
 
     def prepare(self, stop, show_progress: bool = True) -> None:
         """The phases before RL (the recipe's), each resumed from the checkpoint state; nothing once RL began."""
@@ -229,8 +247,8 @@ class Run:
         if self.cfg.executors == "ray":
             from relayrl.executors.ray_actors import RayScorer
 
-            return RayScorer(self.cfg.ray, self.rewards or self.task.scorer, self.cfg.reward)
-        return VerifierScorer(self.rewards or self.task.scorer, self.cfg.reward)
+            return RayScorer(self.cfg.ray, self.cfg.reward_fn(self.task), self.cfg.reward)
+        return VerifierScorer(self.cfg.reward_fn(self.task), self.cfg.reward)
 
     def wall_seconds(self) -> float:
         """Since the run began, set-up and SFT included, summed over resumed sessions."""

@@ -64,3 +64,42 @@ def test_a_judge_that_scores_is_scaled_to_unit_rewards(monkeypatch):
     judge = PointwiseJudge("http://unused/v1")
     monkeypatch.setattr(PointwiseJudge, "ask", lambda self, content: ("Fine work. Score: 7", 12))
     assert judge("#5", "5") == pytest.approx(0.7)
+
+
+def test_runs_rewarded_by_a_reward_model_or_a_judge_are_audited_by_the_gold_verifier(tiny, tmp_path, server):
+    from relayrl.cli import main
+    from relayrl.config import load_config
+    from relayrl.controller import train
+    from relayrl.tracking import read_jsonl
+
+    rm = tmp_path / "rm"
+    main(["rm", "train", "train.steps=20", "train.eval_every=20", "data.synthetic_rows=256", f"output={rm}"])
+    run = train(
+        load_config(
+            None, tiny(tmp_path / "rm_run", steps=3, **{"reward.source": "reward_model", "reward.model": str(rm)})
+        ),
+        show_progress=False,
+    )
+    records = read_jsonl(run / "metrics.jsonl")
+    assert records[-1]["reward_errors"] == 0
+    assert len({round(r["reward"], 6) for r in records}) == 3  # a scalar model's rewards, not 0/1 counts
+    audit = records[-1]
+    assert audit["heldout_gold_gap"] == pytest.approx(audit["heldout_reward"] - audit["heldout_accuracy"])
+    assert (run / "report.png").exists()
+
+    judged = train(
+        load_config(
+            None,
+            tiny(
+                tmp_path / "judge_run",
+                steps=2,
+                eval_every=2,
+                **{"reward.source": "judge", "reward.judge_url": server, "reward.timeout": 60},
+            ),
+        ),
+        show_progress=False,
+    )
+    records = read_jsonl(judged / "metrics.jsonl")
+    # the untrained served model never writes a score: every reward is a counted failure, and the run goes on
+    assert records[-1]["reward_errors"] == 16 and len(records) == 2
+    assert records[-1]["heldout_reward"] is None and records[-1]["heldout_reward_failures"] == 16

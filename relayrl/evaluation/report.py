@@ -17,6 +17,10 @@ def plot(records: list[dict], path: Path) -> None:
     ax.plot(steps, [r["reward"] for r in records if "reward" in r], label="train reward", alpha=0.6)
     evals = [r for r in records if "heldout_accuracy" in r]
     ax.plot([r["step"] for r in evals], [r["heldout_accuracy"] for r in evals], "o-", label="held-out accuracy")
+    audited = [r for r in evals if r.get("heldout_reward") is not None]  # a run rewarded by a model or judge
+    if audited:
+        ax.lines[-1].set_label("held-out accuracy (gold: the task's verifier)")
+        ax.plot([r["step"] for r in audited], [r["heldout_reward"] for r in audited], "s-", label="held-out reward")
     ax.set_xlabel("RL step")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -87,6 +87,7 @@ class GeneratorWorker:
                     finish_reason=s.finish_reason,
                     answer=req.answers[i // n],
                     messages=token_messages(s.completion_ids, decode, self.split(text)) if self.split else [],
+                    prompt=decode(prompts[i]),
                 )
             )
         return rollouts, time.perf_counter() - start

@@ -31,7 +31,7 @@ from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
 from relayrl.executors.ray_config import RayConfig
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import SamplingConfig
-from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result
+from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result, reward_args
 from relayrl.rollout import Rollout
 from relayrl.training.trainer import Sequence, Trainer
 
@@ -245,8 +245,8 @@ class RewardActor(_Actor):
     def __init__(self, scorer: RewardFn):
         self.scorer = scorer
 
-    def score(self, text: str, answer: str) -> float | list[float]:
-        return self.scorer(text, answer)
+    def score(self, *args) -> float | list[float]:
+        return self.scorer(*args)
 
 
 class RayScorer:
@@ -270,7 +270,11 @@ class RayScorer:
         while todo or running:
             while todo and free:
                 i, r = free.popleft(), todo.popleft()
-                running[self.actors[i].score.remote(r.text, r.answer)] = (r, i, time.monotonic() + self.reward.timeout)
+                running[self.actors[i].score.remote(*reward_args(self.scorer, r))] = (
+                    r,
+                    i,
+                    time.monotonic() + self.reward.timeout,
+                )
             wait = max(0.0, min(d for _, _, d in running.values()) - time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
             for fut in done:

@@ -67,6 +67,6 @@ class PointwiseJudge:
             raise ValueError(f"judge reply has no score in [{self.low}, {self.high}]: {reply[:200]!r}")
         return (value - self.low) / (self.high - self.low)
 
-    def __call__(self, completion: str, answer: str) -> float:
-        """A reward function: (completion text, reference answer) -> reward."""
-        return self.score("", completion, answer)
+    def __call__(self, completion: str, answer: str, prompt: str = "") -> float:
+        """A reward function: (completion text, reference answer, prompt text) -> reward."""
+        return self.score(prompt, completion, answer)

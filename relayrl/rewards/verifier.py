@@ -8,6 +8,7 @@ kills a hung worker and starts another, so the loop never blocks.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -17,8 +18,14 @@ from pebble import ProcessPool
 
 from relayrl.rollout import Rollout
 
-RewardFn = Callable[[str, str], float | list[float]]
-"""(completion text, reference answer) -> a reward, or one per message; picklable (module-level or a dataclass)."""
+RewardFn = Callable[..., float | list[float]]
+"""(completion text, reference answer) -> a reward, or one per message; picklable (module-level or a dataclass).
+One that also takes a `prompt` parameter (reward models, judges) is given the prompt's text too."""
+
+
+def reward_args(scorer: RewardFn, r: Rollout) -> tuple:
+    """What `scorer` is called with for rollout `r`."""
+    return (r.text, r.answer, r.prompt) if "prompt" in inspect.signature(scorer).parameters else (r.text, r.answer)
 
 
 @dataclass
@@ -26,6 +33,12 @@ class RewardConfig:
     timeout: float = 5.0  # seconds per call
     workers: int = 1
     failure_reward: float = 0.0
+    source: str = (
+        "task"  # task (its verifier) | reward_model (`model`) | judge (`judge_url`); docs/recipes/reward_models.md
+    )
+    model: str = ""  # source=reward_model: a reward-model folder (relayrl rm train)
+    judge_url: str = ""  # source=judge: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
+    judge_model: str = "judge"
 
 
 class VerifierScorer:
@@ -34,7 +47,10 @@ class VerifierScorer:
         self.pool = ProcessPool(max_workers=cfg.workers, context=multiprocessing.get_context("spawn"))
 
     def score(self, rollouts: list[Rollout]) -> dict[str, float]:
-        futures = [self.pool.schedule(self.scorer, args=(r.text, r.answer), timeout=self.cfg.timeout) for r in rollouts]
+        futures = [
+            self.pool.schedule(self.scorer, args=reward_args(self.scorer, r), timeout=self.cfg.timeout)
+            for r in rollouts
+        ]
         counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}
         for r, fut in zip(rollouts, futures, strict=True):
             try:
