@@ -98,7 +98,7 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             step += 1
             t2 = time.perf_counter()
             counters["dropped_stale"] += len(rollouts) - len(fresh)
-            counters["reward_failures"] += int(sum(reward_stats.values()))
+            counters["reward_failures"] += int(reward_stats["reward_timeouts"] + reward_stats["reward_errors"])
             counters["trained_tokens"] += int(metrics["trained_tokens"])
             counters["rollouts_trained"] += len(fresh)
             metrics |= reward_stats | {

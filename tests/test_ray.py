@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,31 @@ def test_reward_pool_times_out_a_hung_verifier_and_goes_on(cluster):
     t0 = time.perf_counter()
     counts = scorer.score(rollouts)
     assert time.perf_counter() - t0 < 60
-    assert counts == {"reward_timeouts": 1.0, "reward_errors": 1.0}
+    assert counts == {"reward_timeouts": 1.0, "reward_errors": 1.0, "reward_reissued": 0.0}
     assert [r.reward for r in rollouts] == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     assert [r.reward_failed for r in rollouts] == [False, True, False, True, False, False]
-    assert scorer.score(rollouts[:1]) == {"reward_timeouts": 0.0, "reward_errors": 0.0}  # the pool still works
+    assert scorer.score(rollouts[:1]) == {"reward_timeouts": 0.0, "reward_errors": 0.0, "reward_reissued": 0.0}
+    scorer.close()
+
+
+@dataclass
+class _DiesOnce:
+    """Kills its own process the first time it sees "die", then scores normally."""
+
+    flag: str
+
+    def __call__(self, text: str, answer: str) -> float:
+        if text == "die" and not os.path.exists(self.flag):
+            Path(self.flag).touch()
+            os._exit(1)
+        return float(text == answer or text == "die")
+
+
+def test_a_dead_reward_actor_is_replaced_and_its_rollout_scored_again(cluster, tmp_path):
+    scorer = RayScorer(RayConfig(reward_workers=2, reward_cpus=0.25), _DiesOnce(str(tmp_path / "died")), RewardConfig())
+    rollouts = [Rollout(i, 0, [1], [2], [0.0], 0, text, "stop", answer="7") for i, text in enumerate(["7", "die", "8"])]
+    assert scorer.score(rollouts) == {"reward_timeouts": 0.0, "reward_errors": 0.0, "reward_reissued": 1.0}
+    assert [r.reward for r in rollouts] == [1.0, 1.0, 0.0]
     scorer.close()
 
 

@@ -252,9 +252,13 @@ class RewardActor(_Actor):
 class RayScorer:
     """A pool of reward actors scoring in parallel, one call each at a time, each under `reward.timeout`.
 
-    A call past its timeout marks its rollout failed and its actor is killed (Ray starts a fresh one), so a
-    hung verifier costs one timeout, never the loop; an error or a dead actor is a counted failure too.
+    A call past its timeout marks its rollout failed and its actor is replaced, so a hung verifier costs one
+    timeout, never the loop; a scorer that raises is a counted failure. An actor that dies (its process killed,
+    its node lost) is replaced and its rollout scored again (`reward_reissued`); a rollout whose scoring kills
+    `MAX_DEATHS` actors is a counted failure.
     """
+
+    MAX_DEATHS = 2
 
     def __init__(self, cfg: RayConfig, scorer: RewardFn, reward: RewardConfig):
         connect(cfg)
@@ -263,10 +267,14 @@ class RayScorer:
         self.actors = [self.actor_cls.remote(scorer) for _ in range(cfg.reward_workers)]
         _wait_ready(self.actors, "reward", cfg)
 
+    def _replace(self, i: int) -> None:
+        ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = self.actor_cls.remote(self.scorer)
+
     def score(self, rollouts: list[Rollout]) -> dict[str, float]:
-        counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}
+        counts = {"reward_timeouts": 0.0, "reward_errors": 0.0, "reward_reissued": 0.0}
         todo, running = deque(rollouts), {}  # running: future -> (rollout, actor index, deadline)
-        free = deque(range(len(self.actors)))
+        free, deaths = deque(range(len(self.actors))), {}
         while todo or running:
             while todo and free:
                 i, r = free.popleft(), todo.popleft()
@@ -281,6 +289,15 @@ class RayScorer:
                 r, i, _ = running.pop(fut)
                 try:
                     assign_result(r, ray.get(fut))
+                except RayActorError:
+                    self._replace(i)
+                    deaths[id(r)] = deaths.get(id(r), 0) + 1
+                    if deaths[id(r)] < self.MAX_DEATHS:
+                        todo.appendleft(r)  # score it again, on a fresh actor
+                        counts["reward_reissued"] += 1
+                    else:
+                        r.reward, r.reward_failed = self.reward.failure_reward, True
+                        counts["reward_errors"] += 1
                 except Exception:
                     r.reward, r.reward_failed = self.reward.failure_reward, True
                     counts["reward_errors"] += 1
@@ -290,8 +307,7 @@ class RayScorer:
                     running.pop(fut)
                     r.reward, r.reward_failed = self.reward.failure_reward, True
                     counts["reward_timeouts"] += 1
-                    ray.kill(self.actors[i])  # a hung verifier: replace the actor, not the loop
-                    self.actors[i] = self.actor_cls.remote(self.scorer)
+                    self._replace(i)  # a hung verifier: replace the actor, not the loop
                     free.append(i)
         return counts
 
