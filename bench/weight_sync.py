@@ -11,7 +11,7 @@ Each path is timed end to end, from the trainer's model to the generator's model
 Then the sync share of one training step on the embedded default (`sync_share` in metrics.jsonl), for the
 local async default and for executors=ray with each weight path.
 
-    .venv/bin/python bench/weight_sync.py [--sizes 10M 100M 500M] [--repeats 3] [--out bench/results]
+    .venv/bin/python bench/weight_sync.py [--sizes 10M 100M 500M] [--repeats 5] [--out bench/results]
 
 Writes `<out>/weight_sync.json` (top-level `broadcast_speedup_500m`: naive state-dict time over broadcast
 time at 500M, and `sync_share_default`) and prints a table. Run it on an idle machine.
@@ -76,7 +76,7 @@ def _broadcast_rank(rank: int, size: str, repeats: int, bucket_mb: float, ports:
     model = build(size)
     buffer = torch.empty_like(flatten(model)) if rank else None
     times = []
-    for version in range(repeats):
+    for version in range(repeats + 1):  # the first is a warm-up: first-touch page faults, connection set-up
         dist.barrier()
         t0 = time.perf_counter()
         if rank == 0:
@@ -87,7 +87,7 @@ def _broadcast_rank(rank: int, size: str, repeats: int, bucket_mb: float, ports:
         dist.barrier()  # the generator's model holds the version
         times.append(time.perf_counter() - t0)
     if rank == 0:
-        Path(out).write_text(json.dumps(times))
+        Path(out).write_text(json.dumps(times[1:]))
     dist.destroy_process_group()
 
 
@@ -117,7 +117,7 @@ def time_ray(size: str, repeats: int) -> tuple[list[float], list[float]]:
     model, receiver = build(size), Receiver.remote(size)
     ray.get(receiver.ready.remote())  # started: time the transfers only
     flat_times, dict_times = [], []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t0 = time.perf_counter()
         ray.get(receiver.load_flat.remote([ray.put(flatten(model).numpy())]))
         flat_times.append(time.perf_counter() - t0)
@@ -125,17 +125,17 @@ def time_ray(size: str, repeats: int) -> tuple[list[float], list[float]]:
         ray.get(receiver.load_state_dict.remote(ray.put(model.state_dict())))
         dict_times.append(time.perf_counter() - t0)
     ray.kill(receiver)
-    return flat_times, dict_times
+    return flat_times[1:], dict_times[1:]  # without the warm-up
 
 
 def time_memcpy(size: str, repeats: int) -> list[float]:
     flat = flatten(build(size))
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         t0 = time.perf_counter()
         flat.clone()
         times.append(time.perf_counter() - t0)
-    return times
+    return times[1:]
 
 
 def sync_share(run_root: Path, overrides: list[str]) -> dict:
@@ -154,7 +154,7 @@ def sync_share(run_root: Path, overrides: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=list(SIZES))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (median), after one warm-up")
     p.add_argument("--bucket-mb", type=float, default=64.0)
     p.add_argument("--steps", type=int, default=30, help="RL steps of the embedded default for the sync share")
     p.add_argument("--out", default="bench/results")
