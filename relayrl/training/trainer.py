@@ -33,7 +33,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     warmup_steps: int = 10  # linear learning-rate warm-up: a fresh Adam's first steps are full-size
-    micro_batch_tokens: int = 16384  # padded tokens per forward/backward; gradients accumulate
+    micro_batch_tokens: int = 1024  # padded tokens per forward/backward (small: cache-friendly on CPUs); accumulated
 
 
 @dataclass
@@ -70,17 +70,19 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     where: torch.Tensor,
     temperature: float = 1.0,
-    chunk: int = 4096,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """log pi(token_{j+1} | tokens_<=j) at the (B, L-1) positions `where`; zeros elsewhere."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][where]
     targets = input_ids[:, 1:][where]
     head = model.get_output_embeddings()
+    # more than one chunk: recompute each chunk's logits in backward rather than keep them all
+    recompute = torch.is_grad_enabled() and hidden.shape[0] > chunk
     parts = [
         checkpoint(
             _token_logprobs, head, hidden[i : i + chunk], targets[i : i + chunk], temperature, use_reentrant=False
         )
-        if torch.is_grad_enabled()
+        if recompute
         else _token_logprobs(head, hidden[i : i + chunk], targets[i : i + chunk], temperature)
         for i in range(0, hidden.shape[0], chunk)
     ]
@@ -275,7 +277,9 @@ class Trainer:
         total_tokens, total_seqs = (int(v) for v in _all_sum([local_tokens, len(seqs)]))
         mode = "token" if supervised else self.algo.aggregation
         loss_total, sums = 0.0, {}
-        groups = micro_batches(seqs, self.optim_cfg.micro_batch_tokens)
+        # by length, so each micro-batch pads its rows to a similar width (the loss does not depend on the order)
+        by_length = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
+        groups = micro_batches(by_length, self.optim_cfg.micro_batch_tokens)
         for i, group in enumerate(groups):
             batch = collate(group, self.pad_id, self.device)
             last = i == len(groups) - 1  # gradients are reduced over the ranks on each rank's last backward only
