@@ -1,4 +1,5 @@
-"""Ray executors: generator replicas and reward workers as Ray actors, behind the local executors' calls.
+"""Ray executors: generator replicas, reward workers and data-parallel trainer ranks as Ray actors, behind
+the same calls as the local executors (docs/distributed.md).
 
 Ray places, restarts and supervises the actors; relayrl only keeps the order. Every generate call names
 the weight version it must sample with (and carries a reference to those weights in the object store), so
