@@ -33,7 +33,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     warmup_steps: int = 10  # linear learning-rate warm-up: a fresh Adam's first steps are full-size
-    micro_batch_tokens: int = 1024  # padded tokens per forward/backward (small: cache-friendly on CPUs); accumulated
+    micro_batch_tokens: int = 16384  # padded tokens per forward/backward; 1024 suits 100M+ models
 
 
 @dataclass
