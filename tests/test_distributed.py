@@ -1,5 +1,6 @@
 """torch.distributed on CPU (gloo): data-parallel training and the weight-sync broadcast."""
 
+import datetime
 import socket
 
 import pytest
@@ -34,7 +35,7 @@ def _trainer(aggregation: str, parallel: str = "ddp") -> Trainer:
     model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
     ref = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=1)[0]
     algo = AlgorithmConfig(kl_coef=0.1, aggregation=aggregation)
-    optim = OptimConfig(micro_batch_tokens=40, warmup_steps=0)
+    optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0)
     return Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, ref_model=ref, parallel=parallel)
 
 
@@ -44,7 +45,9 @@ def _grads(trainer: Trainer) -> torch.Tensor:
 
 def _rank(rank: int, world: int, address: str, out: str, aggregation: str, parallel: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world)
+    # a collective that waits longer than this is a hang: fail with a traceback rather than stall the suite
+    timeout = datetime.timedelta(seconds=120)
+    dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timeout)
     trainer = _trainer(aggregation, parallel)
     metrics = trainer.accumulate(_batch()[rank::world])  # each rank its share of the global batch
     grads = _grads(trainer)
@@ -53,6 +56,7 @@ def _rank(rank: int, world: int, address: str, out: str, aggregation: str, paral
     result = {"metrics": metrics, "grads": grads, "step": step, "weights": trainer.weights()}
     result["state"] = trainer.state_dict()  # FSDP2: gathered whole, keyed by name
     torch.save(result, f"{out}/rank{rank}.pt")
+    dist.barrier()  # rank 0 holds the rendezvous store: it leaves last
     dist.destroy_process_group()
 
 
@@ -83,7 +87,7 @@ def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parall
 
 
 def _sync_rank(rank: int, world: int, address: str, out: str) -> None:
-    pg = weight_sync.init_group(address, rank, world)
+    pg = weight_sync.init_group(address, rank, world, timeout_s=120)
     model = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=rank)[0]  # each rank starts different
     if rank == 0:
         for version in (1, 2):
@@ -95,6 +99,7 @@ def _sync_rank(rank: int, world: int, address: str, out: str) -> None:
         for _ in range(2):
             version = weight_sync.receive(pg, buffer, bucket_mb=0.01)
             torch.save(buffer.clone(), f"{out}/rank{rank}_v{version}.pt")
+    pg.barrier().wait()  # rank 0 holds the rendezvous store: it leaves last
 
 
 def test_weight_sync_delivers_the_trainers_tensors_with_their_version(tmp_path):

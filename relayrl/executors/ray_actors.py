@@ -32,7 +32,7 @@ from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
 from relayrl.executors.ray_config import RayConfig
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import SamplingConfig
-from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result, reward_args
+from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result, reward_args, takes_prompt
 from relayrl.rollout import Rollout
 from relayrl.training.trainer import Sequence, Trainer
 
@@ -67,6 +67,20 @@ def _wait_ready(actors: list, what: str, cfg: RayConfig) -> None:
             f"ray: {what} did not start within ray.start_timeout={cfg.start_timeout}s; the cluster has "
             f"{ray.available_resources()} free: lower ray.{what}_cpus / ray.{what}_gpus or the replica count"
         ) from None
+
+
+def _fetch(ref: ray.ObjectRef) -> torch.Tensor:
+    """Weights from the object store as a tensor, without a copy; they are only read."""
+    with warnings.catch_warnings():  # the store's array is read-only; torch warns that it is not writable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(ray.get(ref))
+
+
+def _free_address() -> str:
+    """host:port of a free port on this node, for a torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
 
 
 class _Actor:
@@ -117,9 +131,7 @@ class GeneratorActor(_Actor):
                 if self.worker.version != self.front_version:
                     self.worker.load(self.front, self.front_version)
         elif self.worker.version != version:
-            with warnings.catch_warnings():  # the object store's array is read-only; it is only read here
-                warnings.simplefilter("ignore", UserWarning)
-                self.worker.load(torch.from_numpy(ray.get(weights[0])), version)
+            self.worker.load(_fetch(weights[0]), version)
         if not self.offload:
             return self.worker.generate(req)
         self.worker.model.to(self.device)
@@ -163,10 +175,7 @@ class RayGenerator:
 
     def _join_sync(self):
         """A sync group: this process (rank 0, the sender) and every replica."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            address = f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
-        world = len(self.actors) + 1
+        address, world = _free_address(), len(self.actors) + 1
         joined = [a.join_sync.remote(address, i + 1, world, self.cfg.bucket_mb) for i, a in enumerate(self.actors)]
         pg = weight_sync.init_group(address, 0, world)
         ray.get(joined)
@@ -175,12 +184,12 @@ class RayGenerator:
     def publish(self, flat: torch.Tensor | ray.ObjectRef, version: int) -> None:
         """Weights from a local trainer (a tensor), or from a RayTrainer (already in the object store)."""
         if self.pg is None:
-            ref = flat if isinstance(flat, ray.ObjectRef) else ray.put(flat.detach().numpy().copy())  # zero-copy
+            ref = flat if isinstance(flat, ray.ObjectRef) else ray.put(flat.detach().numpy())  # numpy: read zero-copy
             self.weights = (version, [ref])
             return
         ray.get(self.receiving)  # the previous version is complete everywhere (and a receiver's error surfaces)
         if isinstance(flat, ray.ObjectRef):
-            flat = torch.from_numpy(ray.get(flat).copy())
+            flat = _fetch(flat).clone()  # a writable tensor of its own for the process group
         self.receiving = [a.receive.remote() for a in self.actors]
         weight_sync.send(self.pg, flat.detach(), version, self.cfg.bucket_mb)
         self.weights = (version, None)
@@ -264,7 +273,7 @@ class RayScorer:
     def __init__(self, cfg: RayConfig, scorer: RewardFn, reward: RewardConfig):
         connect(cfg)
         self.reward, self.actor_cls = reward, ray.remote(RewardActor).options(**_options(cfg, cfg.reward_cpus))
-        self.scorer = scorer
+        self.scorer, self.with_prompt = scorer, takes_prompt(scorer)
         self.actors = [self.actor_cls.remote(scorer) for _ in range(cfg.reward_workers)]
         _wait_ready(self.actors, "reward", cfg)
 
@@ -279,7 +288,7 @@ class RayScorer:
         while todo or running:
             while todo and free:
                 i, r = free.popleft(), todo.popleft()
-                running[self.actors[i].score.remote(*reward_args(self.scorer, r))] = (
+                running[self.actors[i].score.remote(*reward_args(r, self.with_prompt))] = (
                     r,
                     i,
                     time.monotonic() + self.reward.timeout,
@@ -329,9 +338,7 @@ class TrainerActor(_Actor):
         self.trainer_args, self.parallel, self.colocated = trainer_args, parallel, colocated
 
     def address(self) -> str:
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return f"{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+        return _free_address()
 
     def setup(self, address: str, rank: int, world: int) -> None:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -359,11 +366,9 @@ class TrainerActor(_Actor):
         self.trainer.load_state_dict(state)
 
 
-def _model(model_config, weights: list | None):
+def _model(model_config, weights: list):
     model = AutoModelForCausalLM.from_config(model_config)
-    with warnings.catch_warnings():  # the object store's array is read-only; it is only read here
-        warnings.simplefilter("ignore", UserWarning)
-        load_flat(model, torch.from_numpy(ray.get(weights[0])))
+    load_flat(model, _fetch(weights[0]))
     return model
 
 
@@ -426,9 +431,7 @@ class RayTrainer:
         return rank0
 
     def copy_to(self, model) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            load_flat(model, torch.from_numpy(ray.get(self.weights())))
+        load_flat(model, _fetch(self.weights()))
 
     def state_dict(self) -> dict:
         return ray.get([a.state_dict.remote() for a in self.ranks])[0]  # FSDP2 gathers the shards: a collective

@@ -23,9 +23,13 @@ RewardFn = Callable[..., float | list[float]]
 One that also takes a `prompt` parameter (reward models, judges) is given the prompt's text too."""
 
 
-def reward_args(scorer: RewardFn, r: Rollout) -> tuple:
-    """What `scorer` is called with for rollout `r`."""
-    return (r.text, r.answer, r.prompt) if "prompt" in inspect.signature(scorer).parameters else (r.text, r.answer)
+def takes_prompt(scorer: RewardFn) -> bool:
+    return "prompt" in inspect.signature(scorer).parameters
+
+
+def reward_args(r: Rollout, with_prompt: bool) -> tuple:
+    """What a scorer is called with for rollout `r` (`with_prompt`: `takes_prompt(scorer)`)."""
+    return (r.text, r.answer, r.prompt) if with_prompt else (r.text, r.answer)
 
 
 @dataclass
@@ -33,9 +37,7 @@ class RewardConfig:
     timeout: float = 5.0  # seconds per call
     workers: int = 1
     failure_reward: float = 0.0
-    source: str = (
-        "task"  # task (its verifier) | reward_model (`model`) | judge (`judge_url`); docs/recipes/reward_models.md
-    )
+    source: str = "task"  # task (its verifier) | reward_model (`model`) | judge (`judge_url`)
     model: str = ""  # source=reward_model: a reward-model folder (relayrl rm train)
     judge_url: str = ""  # source=judge: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
     judge_model: str = "judge"
@@ -43,12 +45,12 @@ class RewardConfig:
 
 class VerifierScorer:
     def __init__(self, scorer: RewardFn, cfg: RewardConfig):
-        self.scorer, self.cfg = scorer, cfg
+        self.scorer, self.cfg, self.with_prompt = scorer, cfg, takes_prompt(scorer)
         self.pool = ProcessPool(max_workers=cfg.workers, context=multiprocessing.get_context("spawn"))
 
     def score(self, rollouts: list[Rollout]) -> dict[str, float]:
         futures = [
-            self.pool.schedule(self.scorer, args=reward_args(self.scorer, r), timeout=self.cfg.timeout)
+            self.pool.schedule(self.scorer, args=reward_args(r, self.with_prompt), timeout=self.cfg.timeout)
             for r in rollouts
         ]
         counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}

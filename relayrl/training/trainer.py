@@ -114,11 +114,11 @@ def collate(seqs: list[Sequence], pad_id: int, device: torch.device) -> dict[str
 
 def micro_batches(seqs: list[Sequence], token_budget: int) -> list[list[Sequence]]:
     """Consecutive groups whose padded size (rows x longest row) stays within the budget."""
-    groups: list[list[Sequence]] = [[]]
+    groups: list[list[Sequence]] = []
     width = 0
     for s in seqs:
         n = len(s.prompt_ids) + len(s.completion_ids)
-        if groups[-1] and max(width, n) * (len(groups[-1]) + 1) > token_budget:
+        if not groups or max(width, n) * (len(groups[-1]) + 1) > token_budget:
             groups.append([])
             width = 0
         groups[-1].append(s)
@@ -144,12 +144,12 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _all_sum(values: list[float]) -> list[float]:
-    """Sum over the data-parallel ranks (the values themselves on one rank)."""
+def _all_reduce(values: list[float], op=None) -> list[float]:
+    """Sum (or `op`) over the data-parallel ranks (the values themselves on one rank)."""
     if _world() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t.tolist()
 
 
@@ -274,26 +274,31 @@ class Trainer:
         self.model.train()
         world = _world()
         local_tokens = sum(sum(s.loss_mask) if s.loss_mask is not None else len(s.completion_ids) for s in seqs)
-        total_tokens, total_seqs = (int(v) for v in _all_sum([local_tokens, len(seqs)]))
+        total_tokens, total_seqs = (int(v) for v in _all_reduce([local_tokens, len(seqs)]))
         mode = "token" if supervised else self.algo.aggregation
         loss_total, sums = 0.0, {}
         # by length, so each micro-batch pads its rows to a similar width (the loss does not depend on the order)
         by_length = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
         groups = micro_batches(by_length, self.optim_cfg.micro_batch_tokens)
-        for i, group in enumerate(groups):
-            batch = collate(group, self.pad_id, self.device)
-            last = i == len(groups) - 1  # gradients are reduced over the ranks on each rank's last backward only
+        # every rank runs as many forward/backward passes as the busiest one, since each pass holds collectives
+        # (FSDP2 gathers parameters in forward); a rank with fewer micro-batches adds fillers of weight 0
+        count = int(_all_reduce([len(groups)], dist.ReduceOp.MAX)[0]) if world > 1 else len(groups)
+        filler = Sequence([self.pad_id], [self.pad_id], None if supervised else [0.0], None if supervised else [0.0])
+        for i in range(count):
+            real = i < len(groups)
+            batch = collate(groups[i] if real else [filler], self.pad_id, self.device)
+            last = i == count - 1  # gradients are reduced over the ranks on each rank's last backward only
             if self.sharded:
                 self.logprobs.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or self.sharded else self.logprobs.no_sync():
                 per_token, stats = self._token_loss(batch, supervised)
                 loss = losses.aggregate(per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs)
-                (loss * world).backward()  # DDP averages over ranks; the loss is already a share of the global sum
-            loss_total += loss.item()
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+                (loss * world * real).backward()  # DDP averages over ranks; the loss is a share of the global sum
+            loss_total += real * loss.item()
+            for k, v in stats.items():  # fillers too (weight 0): every rank then reduces the same keys
+                sums[k] = sums.get(k, 0.0) + real * v
         trained = sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
-        loss_total, trained, *sum_values = _all_sum([loss_total, trained, *sums.values()])
+        loss_total, trained, *sum_values = _all_reduce([loss_total, trained, *sums.values()])
         metrics = {"loss": loss_total, "trained_tokens": trained}
         metrics.update(
             {k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in zip(sums, sum_values, strict=True)}
