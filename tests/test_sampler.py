@@ -60,3 +60,25 @@ def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = _top_p_filter(logits.clone(), 0.7).isfinite()
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
+
+
+def test_draws_follow_the_distribution():
+    from relayrl.generation.sampler import _draw
+
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).expand(20000, 4)
+    counts = torch.bincount(_draw(probs, torch.Generator().manual_seed(0)), minlength=4) / 20000
+    assert counts[3] == 0  # a filtered-out token is never drawn
+    assert torch.allclose(counts[:3], torch.tensor([0.5, 0.3, 0.2]), atol=0.015)
+
+
+def test_rows_that_finish_leave_the_batch_without_changing_the_others():
+    model, tok = _model()
+    prompts = [encode_prompt(tok, f"Q:{a}+{b}\nA:") for a in range(1, 5) for b in (2, 30, 400)]  # 12 rows
+    cfg = SamplingConfig(max_new_tokens=16, temperature=1.0, stop_strings=("1", "7"))
+    gen = torch.Generator().manual_seed(0)
+    out = sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, gen, tok.decode)
+    assert len({len(s.completion_ids) for s in out}) > 3  # rows finish at many different steps
+    for p, s in zip(prompts, out, strict=True):  # each row's log-probabilities are its own full forward's
+        ids = torch.tensor([p + s.completion_ids])
+        expected = model(ids).logits[0, len(p) - 1 : -1].log_softmax(-1).gather(-1, ids[0, len(p) :, None])
+        assert torch.allclose(expected.squeeze(-1), torch.tensor(s.logprobs), atol=1e-5)

@@ -41,9 +41,14 @@ class Scripted(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # the sampler reads the device from it
         self.scripts, self.t = scripts, 0
 
-    def forward(self, input_ids, **_):
-        logits = torch.full((len(self.scripts), input_ids.shape[1], len(TOK)), -1e9)
-        for i, script in enumerate(self.scripts):
+    def forward(self, input_ids, cache, **_):
+        if self.t == 0:  # the cache carries each row's script number, so rows that leave the batch take theirs along
+            rows = torch.arange(len(self.scripts), dtype=torch.float).view(-1, 1, 1, 1)
+            cache.update(rows, rows, 0)
+        rows = cache.layers[0].keys[:, 0, 0, 0].long().tolist()
+        logits = torch.full((len(rows), input_ids.shape[1], len(TOK)), -1e9)
+        for i, row in enumerate(rows):
+            script = self.scripts[row]
             logits[i, -1, script[min(self.t, len(script) - 1)]] = 0.0
         self.t += 1
         return SimpleNamespace(logits=logits)

@@ -48,6 +48,14 @@ def encode_prompt(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row by inverting the CDF: one uniform per row (multinomial draws one per vocabulary entry,
+    a sixth of a SmolLM2 decode step)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -58,7 +66,10 @@ def sample(
     generator: torch.Generator | None = None,
     decode=None,
 ) -> list[Sample]:
-    """Sample one completion per prompt. `decode(ids) -> str` is needed only for stop strings and the stop rule."""
+    """Sample one completion per prompt. `decode(ids) -> str` is needed only for stop strings and the stop rule.
+
+    Finished rows leave the batch (and the KV cache) once they are a quarter of it, so the model's work
+    follows the rows still being written."""
     device = next(model.parameters()).device
     batch, width = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
@@ -68,11 +79,12 @@ def sample(
         mask[i, width - len(p) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    out_ids = torch.zeros((batch, cfg.max_new_tokens), dtype=torch.long, device=device)
+    out_ids = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros((batch, cfg.max_new_tokens), device=device)
-    lengths = torch.full((batch,), cfg.max_new_tokens, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = [cfg.max_new_tokens] * batch
     reasons = ["length"] * batch
+    rows = torch.arange(batch, device=device)  # the original row of each row still in the batch
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # of the rows in the batch
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
     for t in range(cfg.max_new_tokens):
         logits = (
@@ -88,30 +100,33 @@ def sample(
             .float()
             / temperature
         )
-        logprobs = logits.log_softmax(-1)
         if cfg.temperature == 0:
             token = logits.argmax(-1)
         else:
-            probs = (_top_p_filter(logits, cfg.top_p) if cfg.top_p < 1 else logits).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = _draw((_top_p_filter(logits, cfg.top_p) if cfg.top_p < 1 else logits).softmax(-1), generator)
         token = torch.where(done, pad_id, token)
-        out_ids[:, t] = token
-        out_lp[:, t] = logprobs.gather(-1, token[:, None]).squeeze(-1)
+        out_ids[rows, t] = token
+        out_lp[rows, t] = logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         stopped = ~done & (token == eos_id)
         if cfg.stop_strings or cfg.stop_rule is not None:
             for i in torch.nonzero(~done & ~stopped).flatten().tolist():
-                text = decode(out_ids[i, : t + 1].tolist())
+                text = decode(out_ids[rows[i], : t + 1].tolist())
                 stopped[i] = any(text.endswith(s) for s in cfg.stop_strings) or (
                     cfg.stop_rule is not None and cfg.stop_rule(text)
                 )
         for i in torch.nonzero(stopped).flatten().tolist():
-            lengths[i], reasons[i] = t + 1, "stop"
+            lengths[rows[i]], reasons[rows[i]] = t + 1, "stop"
         done |= stopped
         if done.all():
             break
         input_ids = token[:, None]
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
         positions = positions[:, -1:] + 1
+        if done.sum() * 4 >= len(rows):  # drop the finished rows: one copy of the cache, then smaller steps
+            keep = torch.nonzero(~done).flatten()
+            cache.batch_select_indices(keep)
+            rows, input_ids, mask, positions = rows[keep], input_ids[keep], mask[keep], positions[keep]
+            done = done[keep]
     return [
         Sample(out_ids[i, : lengths[i]].tolist(), out_lp[i, : lengths[i]].tolist(), reasons[i]) for i in range(batch)
     ]
