@@ -24,13 +24,13 @@ uses its own budget (async splits the cores between generator and trainer, sync 
 to each); TRL gets relayrl sync's budget (all cores). Timings are only meaningful on an otherwise
 idle machine.
 
-Run (dotted overrides are relayrl config overrides, applied to all three systems):
+Run (YAML config files and dotted overrides, as for `relayrl train`, applied to all three systems):
 
-    .venv/bin/python bench/trl_vs_relayrl.py [key=value ...] [--out bench/results]
+    .venv/bin/python bench/trl_vs_relayrl.py [config.yaml ...] [key=value ...] [--out bench/results]
 
 Writes `<out>/<label>.json` (default `trl_vs_relayrl`; top-level `throughput_ratio` = relayrl async
 tokens/s / TRL tokens/s) and, unless `--no-sync`, `<out>/async_vs_sync.json` (top-level `async_speedup` = relayrl async
-tokens/s / relayrl sync tokens/s), child logs under `<out>/logs/`, relayrl run folders under
+tokens/s / relayrl sync tokens/s), child logs under `<out>/logs/<label>/`, relayrl run folders under
 `<out>/runs/` (or `--run-dir`), and prints a markdown table.
 """
 
@@ -76,6 +76,14 @@ def rusage_mb() -> dict[str, float]:
     }
 
 
+def config(args: list[str], extra: tuple[str, ...] = ()):
+    """The relayrl config of the benchmark's positional arguments: YAML files, then dotted overrides."""
+    from relayrl.config import load_config, split_args
+
+    _, configs, overrides = split_args(args)
+    return load_config(configs, [*overrides, *extra])
+
+
 def override_keys(overrides: list[str]) -> set[str]:
     return {o.split("=", 1)[0].strip() for o in overrides}
 
@@ -98,10 +106,9 @@ def effective_overrides(user: list[str], steps: int) -> list[str]:
 
 
 def child_relayrl(overrides: list[str], result: Path) -> None:
-    from relayrl.config import load_config
     from relayrl.controller import train
 
-    run_dir = train(load_config(None, overrides), show_progress=False)
+    run_dir = train(config(overrides), show_progress=False)
     write_json(result, {"run_dir": str(run_dir), **rusage_mb()})
 
 
@@ -201,11 +208,10 @@ def child_trl(overrides: list[str], sft_dir: Path, output_dir: Path, result: Pat
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from relayrl.config import load_config
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
 
-    cfg = load_config(None, [*overrides, "mode=sync"])
+    cfg = config(overrides, ("mode=sync",))
     threads = cfg.thread_budget()[1]  # relayrl sync's budget: all cores (threads.trainer if set)
     torch.set_num_threads(threads)
     task = cfg.task.build()
@@ -260,9 +266,9 @@ def child_trl(overrides: list[str], sft_dir: Path, output_dir: Path, result: Pat
 # ---------------------------------------------------------------------------------------------
 
 
-def run_child(label: str, child_args: list[str], out: Path) -> tuple[dict, float | None]:
+def run_child(label: str, child_args: list[str], logs: Path) -> tuple[dict, float | None]:
     """Run this script as a child; return its result JSON and the peak summed RSS (MB) of its tree."""
-    result, log = out / "logs" / f"{label}.result.json", out / "logs" / f"{label}.log"
+    result, log = logs / f"{label}.result.json", logs / f"{label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(SCRIPT), *child_args, "--result", str(result)]
     print(f"running {label} (log: {log})", flush=True)
@@ -383,23 +389,22 @@ def markdown_table(blocks: dict[str, dict]) -> str:
 
 
 def run_benchmark(user_overrides: list[str], out: Path, run_root: Path, label: str, with_sync: bool) -> None:
-    from relayrl.config import load_config
-
-    base = load_config(None, [o for o in user_overrides if o.split("=", 1)[0].strip() not in RESERVED])
+    base = config([o for o in user_overrides if o.split("=", 1)[0].strip() not in RESERVED])
     overrides = effective_overrides(user_overrides, base.steps)
-    cfg = load_config(None, overrides)
+    cfg = config(overrides)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     common = [*overrides, f"run_dir={run_root}"]
+    logs = out / "logs" / label
 
     systems: dict[str, dict] = {}
     for mode in ("async", "sync") if with_sync else ("async",):
         child, peak = run_child(
-            f"relayrl_{mode}", ["--child", "relayrl", *common, f"mode={mode}", f"name=bench-{mode}-{stamp}"], out
+            f"relayrl_{mode}", ["--child", "relayrl", *common, f"mode={mode}", f"name=bench-{mode}-{stamp}"], logs
         )
         systems[f"relayrl_{mode}"] = relayrl_block(child, peak)
     sft = Path(systems["relayrl_async"]["run_dir"]) / "checkpoints" / "sft"
     trl_out = run_root / f"{stamp}-bench-trl"
-    child, peak = run_child("trl_grpo", ["--child", "trl", "--sft", str(sft), "--trl-out", str(trl_out), *common], out)
+    child, peak = run_child("trl_grpo", ["--child", "trl", "--sft", str(sft), "--trl-out", str(trl_out), *common], logs)
     systems["trl_grpo"] = trl_block(child, peak)
     systems["trl_grpo"]["start_model"] = str(sft)
 
@@ -443,7 +448,7 @@ def run_benchmark(user_overrides: list[str], out: Path, run_root: Path, label: s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("overrides", nargs="*", help="dotted relayrl overrides, e.g. steps=50")
+    p.add_argument("overrides", nargs="*", help="relayrl YAML configs and dotted overrides, e.g. steps=50")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="where the result JSON files go")
     p.add_argument("--run-dir", type=Path, default=None, help="relayrl/TRL run folders (default: <out>/runs)")
     p.add_argument("--label", default="trl_vs_relayrl", help="the result file's name: <out>/<label>.json")

@@ -1,4 +1,4 @@
-"""relayrl train | eval | rm train | serve | models import."""
+"""relayrl train | eval | tts | rm train | serve | models import."""
 
 from __future__ import annotations
 
@@ -6,21 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from relayrl.config import ConfigError, load_config, task_preset, task_presets
+from relayrl.config import ConfigError, load_config, split_args, task_preset, task_presets
 from relayrl.model_import import KNOWN_MODELS, ModelImportError, default_dir, import_gguf, import_known
-
-
-def _split(args: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Positional arguments -> (names, YAML files, dotted overrides)."""
-    configs = [a for a in args if a.endswith((".yaml", ".yml"))]
-    overrides = [a for a in args if "=" in a and a not in configs]
-    return [a for a in args if a not in configs and a not in overrides], configs, overrides
 
 
 def _train(args) -> None:
     from relayrl.controller import train
 
-    names, configs, overrides = _split(args.args)
+    names, configs, overrides = split_args(args.args)
     if names:
         raise ConfigError(f"train: {names[0]!r} is neither a YAML file (.yaml) nor a dotted override (key=value)")
     if args.resume:
@@ -37,7 +30,7 @@ def _eval(args) -> None:
     from relayrl.models import load_model_and_tokenizer
     from relayrl.run import heldout_scorers
 
-    models, configs, overrides = _split(args.args)
+    models, configs, overrides = split_args(args.args)
     if not models:
         raise ConfigError("eval: name at least one model, checkpoint folder or hub id")
     cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
@@ -61,7 +54,7 @@ def _eval(args) -> None:
                 message_scorer=message_scorer,
             )
         )
-        rows.append(compare.summary(name, task.name, results[-1]))
+        rows.append(compare.summary(name, task.name, results[-1], results[0] if len(results) > 1 else None))
     print(compare.table(rows))
     for row, result in zip(rows, results, strict=True):
         if result.message_metrics:
@@ -74,15 +67,41 @@ def _eval(args) -> None:
         print(f"per-item outputs, eval.json, compare.md and compare.png in {args.output}")
 
 
+def _tts(args) -> None:
+    from relayrl.models import TinySize, load_model_and_tokenizer
+    from relayrl.tts.evaluate import evaluate_tts, table, write
+
+    models, configs, overrides = split_args(args.args)
+    if len(models) > 1:
+        raise ConfigError(f"tts: one policy model at a time; got {', '.join(models)}")
+    cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
+    name, m = (models or [cfg.model.name_or_path])[0], cfg.model
+    model, tokenizer = load_model_and_tokenizer(name, TinySize(m.hidden, m.layers, m.heads), cfg.seed)
+    report = evaluate_tts(cfg, name, model, tokenizer)
+    print(table(report))
+    write(Path(args.output), report)
+    print(f"results in {args.output}")
+
+
 def _rm_train(args) -> None:
     from relayrl.config import merge
+    from relayrl.training.critic_rm import train_critic_rm
     from relayrl.training.reward_model import RMConfig, train_reward_model
 
-    names, configs, overrides = _split(args.args)
+    names, configs, overrides = split_args(args.args)
     if names:
         raise ConfigError(f"rm train: {names[0]!r} is neither a YAML file (.yaml) nor a dotted override (key=value)")
     cfg = merge(RMConfig, configs, overrides)
-    metrics = train_reward_model(cfg)
+    if cfg.kind not in ("scalar", "critic"):
+        raise ConfigError(f"kind: scalar or critic, got {cfg.kind!r}")
+    metrics = (train_critic_rm if cfg.kind == "critic" else train_reward_model)(cfg)
+    if cfg.kind == "critic":
+        s = metrics["stage1"]
+        print(
+            f"stage 1: kept {s['kept']} of {s['pairs']} pairs ({s['dropped']} dropped); of the"
+            f" {s['critiques'] + s['unparsed']} critiques {s['unparsed']} had no score, {s['contradicting']}"
+            " contradicted the label"
+        )
     print(
         f"held-out pair accuracy {metrics['heldout_pair_accuracy_start']:.1%} -> {metrics['heldout_pair_accuracy']:.1%}"
         f" ({metrics['heldout_pairs']} pairs); reward model: {cfg.output}"
@@ -119,9 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--k", default="1", help="comma-separated k for pass@k and maj@k")
     e.add_argument("--output", metavar="DIR", help="write per-item JSONL, eval.json, compare.md and compare.png here")
     e.set_defaults(func=_eval)
+    ts = sub.add_parser("tts", help="test-time scaling methods on a task's held-out set: accuracy and tokens spent")
+    ts.add_argument("args", nargs="*", help="a policy model (default: model.name_or_path), YAML configs, overrides")
+    ts.add_argument("--task", help=f"a task preset ({', '.join(task_presets())}) or a YAML file with a task section")
+    ts.add_argument("--output", default="tts.json", help="the JSON report (default: tts.json)")
+    ts.set_defaults(func=_tts)
     r = sub.add_parser("rm", help="reward models").add_subparsers(dest="action", required=True)
     rt = r.add_parser(
-        "train", help="train a Bradley-Terry reward model on preference pairs (docs/recipes/reward_models.md)"
+        "train",
+        help="train a Bradley-Terry reward model, or a Critic-RM (kind=critic), on preference pairs"
+        " (docs/recipes/reward_models.md, docs/recipes/critic_rm.md)",
     )
     rt.add_argument("args", nargs="*", help="YAML config files, then dotted overrides: data.path=pairs.jsonl")
     rt.set_defaults(func=_rm_train)

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from relayrl.executors.ray_config import RayConfig
 from relayrl.generation.messages import SpocFormat
 from relayrl.generation.sampler import SamplingConfig
-from relayrl.rewards.judge import PointwiseJudge
+from relayrl.rewards.judge import make_judge
 from relayrl.rewards.model_scorer import RewardModelScorer
 from relayrl.rewards.spoc import SpocRewards
 from relayrl.rewards.verifier import RewardConfig
@@ -77,6 +77,24 @@ class SpocConfig:
         return SpocFormat(self.verify_open, self.verify_ask, self.turn_cap)
 
 
+TTS_METHODS = ("single", "majority", "weighted_majority", "best_of_n", "tournament", "pdr")
+
+
+@dataclass
+class TTSConfig:
+    """`relayrl tts`: test-time scaling methods side by side on the held-out set (docs/recipes/test_time_scaling.md)."""
+
+    methods: list[str] = field(default_factory=lambda: list(TTS_METHODS))
+    n: int = 8  # candidates per item, sampled once and shared by the methods (single: the first)
+    votes: int = 1  # judge votes per tournament match (RTV's V)
+    scorer: str = "judge"  # ranks candidates for best_of_n, weighted_majority and PDR: judge | reward_model | verifier
+    judge_temperature: float = 0.0  # > 0: a match's votes differ (each vote samples with its own seed)
+    pdr_rounds: int = 2
+    pdr_keep: int = 2  # the top K attempts of a round, given as context to the next
+    pdr_width: int = 0  # attempts per PDR round; 0: n
+    items: int = 0  # the first this many held-out items; 0: all
+
+
 @dataclass
 class RolloutConfig:
     prompts_per_step: int = 32
@@ -120,6 +138,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
 
     def sampling(self, stop_strings: tuple[str, ...]) -> SamplingConfig:
         """How rollouts (and held-out completions) are sampled; SPOC's run to its stop rule."""
@@ -135,9 +154,9 @@ class Config:
         if self.recipe == "spoc":
             return self.message_rewards(task)
         if r.source == "reward_model":
-            return RewardModelScorer(r.model)
+            return RewardModelScorer(r.model, critiques=r.critiques)
         if r.source == "judge":
-            return PointwiseJudge(r.judge_url, r.judge_model)
+            return make_judge(r, r.judge_kind)
         return task.scorer
 
     def message_rewards(self, task: Task) -> SpocRewards | None:
@@ -155,6 +174,9 @@ CHOICES = {
     "recipe": ("rl", "spoc"),
     "executors": ("local", "ray"),
     "reward.source": ("task", "reward_model", "judge"),
+    "reward.judge_kind": ("pointwise", "pairwise"),
+    "reward.judge_against": ("reference", "sample"),
+    "tts.scorer": ("judge", "reward_model", "verifier"),
     "ray.trainer_parallel": ("ddp", "fsdp2"),
     "ray.weight_sync": ("object_store", "broadcast"),
     "ray.placement": ("disaggregated", "colocated"),
@@ -176,6 +198,7 @@ POSITIVE = [
     "algorithm.rho",
     "reward.timeout",
     "reward.workers",
+    "reward.judge_max_tokens",
     "sft.batch_size",
     "sft.lr",
     "eval_every",
@@ -190,8 +213,13 @@ POSITIVE = [
     "ray.reward_workers",
     "ray.start_timeout",
     "ray.bucket_mb",
+    "tts.n",
+    "tts.votes",
+    "tts.pdr_rounds",
+    "tts.pdr_keep",
 ]
 NON_NEGATIVE = [
+    "reward.critiques",
     "max_staleness",
     "sft.steps",
     "rollout.temperature",
@@ -205,6 +233,9 @@ NON_NEGATIVE = [
     "ray.generator_gpus",
     "ray.reward_cpus",
     "ray.max_restarts",
+    "tts.judge_temperature",
+    "tts.pdr_width",
+    "tts.items",
 ]
 
 
@@ -233,13 +264,34 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("rollout.samples_per_prompt: spoc's message-wise RLOO needs >= 2 samples per prompt")
     if cfg.reward.source == "reward_model" and not cfg.reward.model:
         raise ConfigError("reward.model: reward.source=reward_model needs a reward-model folder (relayrl rm train)")
-    if cfg.reward.source == "judge" and not cfg.reward.judge_url:
-        raise ConfigError("reward.judge_url: reward.source=judge needs an OpenAI-compatible endpoint URL")
+    if cfg.reward.judge_url and cfg.reward.judge_model_path:
+        raise ConfigError(
+            "reward.judge_model_path: a judge is an endpoint (reward.judge_url) or a local model; not both"
+        )
+    if cfg.reward.source == "judge" and not (cfg.reward.judge_url or cfg.reward.judge_model_path):
+        raise ConfigError(
+            "reward.judge_url: reward.source=judge needs an OpenAI-compatible endpoint URL"
+            " (or reward.judge_model_path: a judge model run in-process)"
+        )
+    if cfg.reward.judge_against == "sample" and cfg.reward.judge_kind != "pairwise":
+        raise ConfigError("reward.judge_against: sample compares two samples; it needs reward.judge_kind=pairwise")
+    if not cfg.tts.methods or set(cfg.tts.methods) - set(TTS_METHODS):
+        raise ConfigError(f"tts.methods: a list of {', '.join(TTS_METHODS)}; got {list(cfg.tts.methods)}")
+    uses_scorer = {"best_of_n", "weighted_majority", "pdr"} & set(cfg.tts.methods)
+    if uses_scorer and cfg.tts.scorer == "reward_model" and not cfg.reward.model:
+        raise ConfigError("reward.model: tts.scorer=reward_model needs a reward-model folder (relayrl rm train)")
     if cfg.recipe == "spoc" and cfg.reward.source != "task":
         raise ConfigError("reward.source: recipe=spoc rewards each message with the task's verifier; use task")
     if cfg.recipe == "spoc" and cfg.spoc.writer == "teacher" and not cfg.spoc.teacher:
         raise ConfigError("spoc.teacher: writer=teacher needs a model (hub id or local folder)")
     return cfg
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Command-line positional arguments -> (names, YAML files, dotted overrides)."""
+    configs = [a for a in args if a.endswith((".yaml", ".yml"))]
+    overrides = [a for a in args if "=" in a and a not in configs]
+    return [a for a in args if a not in configs and a not in overrides], configs, overrides
 
 
 def load_config(paths: str | list[str] | None = None, overrides: list[str] | None = None) -> Config:

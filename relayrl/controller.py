@@ -16,6 +16,7 @@ from pathlib import Path
 
 from relayrl.config import Config
 from relayrl.evaluation import report
+from relayrl.rewards.judge import pair_samples
 from relayrl.run import Run, message_metrics, new_run_dir, open_run, to_sequences
 from relayrl.tracking import Tracker, read_jsonl
 
@@ -93,6 +94,8 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             rollouts, gen_seconds = pending.popleft() if pending else generator.collect()
             t1 = time.perf_counter()
             fresh = [r for r in rollouts if step - r.version <= cfg.max_staleness]
+            if cfg.reward.pairs_samples:
+                pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
             reward_stats = scorer.score(fresh)
             metrics = trainer.step(to_sequences(fresh, cfg.algorithm.advantage, cfg.spoc.verify_baseline))
             step += 1

@@ -31,6 +31,7 @@ class Rollout:
     reward_failed: bool = False
     replica: int = 0  # the generator replica that sampled it
     prompt: str = ""  # the prompt's text, for scorers that read it (reward models, judges)
+    opponent: str = ""  # another sample of the same prompt, for a pairwise judge (`rewards.judge.pair_samples`)
 
     def __post_init__(self) -> None:
         if not self.messages:

@@ -19,9 +19,11 @@ from relayrl.models import load_model_and_tokenizer
 
 
 class ChatModel:
-    def __init__(self, name_or_path: str, max_new_tokens: int = 256):
+    """Chat replies from a model: loaded from `name_or_path`, or one already loaded (`model`, `tokenizer`)."""
+
+    def __init__(self, name_or_path: str, max_new_tokens: int = 256, model=None, tokenizer=None):
         self.name, self.max_new_tokens = name_or_path, max_new_tokens
-        self.model, self.tokenizer = load_model_and_tokenizer(name_or_path)
+        self.model, self.tokenizer = (model, tokenizer) if model is not None else load_model_and_tokenizer(name_or_path)
         self.model.eval()
         self.lock = threading.Lock()
 

@@ -28,3 +28,37 @@ def tiny_overrides(run_dir, **extra) -> list[str]:
 @pytest.fixture
 def tiny():
     return tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def verdict_judge(tmp_path_factory) -> str:
+    """A tiny model folder trained to answer every judge prompt 'Score: 7' and 'Winner: B': a judge whose every
+    reply parses, and that always prefers whichever response it is shown second (a pure position bias)."""
+    import random
+
+    from relayrl.generation.sampler import encode_prompt
+    from relayrl.models import TinySize, load_model_and_tokenizer
+    from relayrl.rewards.judge import PAIRWISE, POINTWISE
+    from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Sequence, Trainer
+
+    model, tokenizer = load_model_and_tokenizer("tiny-llama", TinySize(64, 2, 2))
+    reply = tokenizer("Score: 7\nWinner: B", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    rng = random.Random(0)
+
+    def prompt() -> list[int]:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        question, first, second = f"Q:{a}+{b}\nA:", f"#{rng.randint(0, 199)}", f"{a}+{b}={a + b}\n#{a + b}"
+        if rng.random() < 0.5:
+            first, second = second, first
+        if rng.random() < 0.5:
+            return encode_prompt(tokenizer, PAIRWISE.format(question=question, a=first, b=second))
+        text = POINTWISE.format(question=question, answer=a + b, response=first, low=0.0, high=10.0)
+        return encode_prompt(tokenizer, text)
+
+    trainer = Trainer(model, OptimConfig(lr=3e-3, warmup_steps=0), AlgorithmConfig(), tokenizer.pad_token_id)
+    for _ in range(150):
+        trainer.step([Sequence(prompt(), reply) for _ in range(8)], supervised=True)
+    folder = tmp_path_factory.mktemp("verdict_judge")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

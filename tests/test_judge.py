@@ -1,4 +1,5 @@
-"""relayrl serve answers real HTTP requests; LLM-judge rewards count parse failures and dead judges."""
+"""relayrl serve answers real HTTP requests; LLM-judge rewards (pointwise and pairwise, from an endpoint or a model
+run in-process) count parse failures and dead judges."""
 
 import json
 import threading
@@ -6,19 +7,36 @@ import urllib.request
 
 import pytest
 
-from relayrl.rewards.judge import PointwiseJudge, parse_score
-from relayrl.rewards.verifier import RewardConfig, VerifierScorer
+from relayrl.config import ConfigError, load_config
+from relayrl.rewards.judge import (
+    PairwiseJudge,
+    PointwiseJudge,
+    make_judge,
+    pair_samples,
+    parse_score,
+    parse_winner,
+)
+from relayrl.rewards.verifier import RewardConfig, VerifierScorer, reward_args
 from relayrl.rollout import Rollout
 from relayrl.serve import ChatModel, make_server
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = make_server(ChatModel("tiny-llama", max_new_tokens=16), port=0)
+def _serve(name_or_path: str):
+    srv = make_server(ChatModel(name_or_path, max_new_tokens=16), port=0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from _serve("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def verdict_server(verdict_judge):
+    yield from _serve(verdict_judge)
 
 
 def test_parse_score():
@@ -103,3 +121,103 @@ def test_runs_rewarded_by_a_reward_model_or_a_judge_are_audited_by_the_gold_veri
     # the untrained served model never writes a score: every reward is a counted failure, and the run goes on
     assert records[-1]["reward_errors"] == 16 and len(records) == 2
     assert records[-1]["heldout_reward"] is None and records[-1]["heldout_reward_failures"] == 16
+
+
+def test_parse_winner():
+    assert parse_winner("A is close, but Winner: B") == 1
+    assert parse_winner("winner=[[a]]") == 0
+    assert parse_winner("Winner: B ... on reflection Winner: A") == 0  # the last one
+    assert parse_winner("both are fine") is None
+    assert parse_winner("Winner: Bob") is None
+
+
+def test_pairwise_judge_orders_references_opponents_and_counts_parse_failures(monkeypatch):
+    asked = []
+
+    def prefers_the_right_answer(self, content, seed=0):  # order-blind: picks whichever response says #5
+        asked.append(content)
+        return ("Winner: A" if content.index("#5") < content.index("Response B") else "Winner: B"), 10
+
+    monkeypatch.setattr(PairwiseJudge, "ask", prefers_the_right_answer)
+    judge = PairwiseJudge(reference="#{answer}", both_orders=True)
+    assert judge("#5", "4", "Q:2+3") == 1.0  # beats the reference "#4" in both orders
+    assert judge.compare("Q:2+3", "#4", "#5").preference == 1.0 and judge.compare("q", "#5", "#4").tokens == 20
+    assert judge("#4", "7", "Q:2+3", opponent="#5") == 0.0  # against another sample, not the reference
+    assert "#7" not in asked[-1] and "#5" in asked[-1]
+    monkeypatch.setattr(PairwiseJudge, "ask", lambda self, content, seed=0: ("no idea", 3))
+    assert PairwiseJudge(both_orders=True).compare("q", "a", "b").__dict__ == {
+        "preference": None,
+        "tokens": 6,
+        "unparsed": 2,
+    }
+    with pytest.raises(ValueError):
+        PairwiseJudge()("a", "b", "q")
+
+
+def test_both_orders_cancel_a_served_judges_position_bias(verdict_server):
+    # the served judge always answers "Winner: B": shown first, a completion always loses; averaged over both
+    # orders the bias cancels to a tie
+    assert PairwiseJudge(verdict_server, max_tokens=24)("#5", "5", "Q:2+3\nA:") == 0.0
+    both = PairwiseJudge(verdict_server, max_tokens=24, both_orders=True)
+    verdict = both.compare("Q:2+3\nA:", "#5", "#6")
+    assert verdict.preference == 0.5 and verdict.unparsed == 0 and verdict.tokens > 0
+    assert both("#5", "5", "Q:2+3\nA:") == 0.5
+
+
+def test_an_in_process_judge_gives_the_http_judges_replies_and_rewards(server, verdict_judge, verdict_server):
+    content = "Question:\nQ:1+2\nA:\n\nResponse:\n#3\n\nRate the response. End with Score: N."
+    untrained = (PointwiseJudge(server, max_tokens=12), PointwiseJudge(model_path="tiny-llama", max_tokens=12))
+    assert untrained[0].ask(content) == untrained[1].ask(content)  # the same model, the same text and tokens
+    rollouts = [Rollout(i, 0, [1], [2], [0.0], 0, f"#{i}", "stop", answer="3", prompt="Q:1+2\nA:") for i in range(3)]
+    for kind in ("pointwise", "pairwise"):
+        http = make_judge(RewardConfig(judge_url=verdict_server, judge_max_tokens=24), kind)
+        expected = [http(*reward_args(r, True)) for r in rollouts]
+        local = make_judge(RewardConfig(judge_model_path=verdict_judge, judge_max_tokens=24), kind)
+        scorer = VerifierScorer(local, RewardConfig(timeout=60))  # the judge model loads in the reward worker
+        assert scorer.score(rollouts) == {"reward_timeouts": 0.0, "reward_errors": 0.0}
+        scorer.close()
+        assert [r.reward for r in rollouts] == expected == ([0.7] * 3 if kind == "pointwise" else [0.0] * 3)
+
+
+def test_pair_samples_gives_each_rollout_another_of_its_prompt():
+    rollouts = [Rollout(p, i, [1], [2], [0.0], 0, f"{p}-{i}", "stop") for p, n in ((0, 3), (1, 1)) for i in range(n)]
+    pair_samples(rollouts)
+    assert [r.opponent for r in rollouts] == ["0-1", "0-2", "0-0", ""]  # an only sample meets the reference
+    assert reward_args(rollouts[0], True)[-1] == "0-1" and len(reward_args(rollouts[3], True)) == 3
+    assert reward_args(rollouts[0], False) == ("0-0", "")
+
+
+def test_judge_config_names_the_field():
+    for overrides, field in [
+        (["reward.source=judge"], "reward.judge_url"),
+        (["reward.judge_url=http://x/v1", "reward.judge_model_path=tiny-llama"], "reward.judge_model_path"),
+        (["reward.judge_against=sample"], "reward.judge_against"),
+        (["reward.judge_kind=ranked"], "reward.judge_kind"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            load_config(None, overrides)
+    cfg = load_config(None, ["reward.source=judge", "reward.judge_model_path=tiny-llama", "reward.judge_kind=pairwise"])
+    assert isinstance(cfg.reward_fn(cfg.task.build()), PairwiseJudge)
+
+
+def test_a_run_rewarded_by_an_in_process_pairwise_judge_against_other_samples(tiny, tmp_path, verdict_judge):
+    from relayrl.controller import train
+    from relayrl.tracking import read_jsonl
+
+    judge = {
+        "reward.source": "judge",
+        "reward.judge_model_path": verdict_judge,
+        "reward.judge_kind": "pairwise",
+        "reward.judge_against": "sample",
+        "reward.judge_both_orders": "true",
+        "reward.judge_max_tokens": 24,
+        "reward.timeout": 60,
+        "rollout.prompts_per_step": 2,
+        "rollout.samples_per_prompt": 2,
+        "task.arithmetic.heldout_size": 4,
+    }
+    run = train(load_config(None, tiny(tmp_path, steps=2, eval_every=2, **judge)), show_progress=False)
+    records = read_jsonl(run / "metrics.jsonl")
+    # a judge biased to the second response, asked both ways, ties every pair: every reward is 0.5
+    assert [r["reward"] for r in records] == [0.5, 0.5] and records[-1]["reward_errors"] == 0
+    assert records[-1]["heldout_reward"] == 0.5 and records[-1]["heldout_reward_failures"] == 0  # vs the reference

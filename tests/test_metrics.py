@@ -29,3 +29,19 @@ def test_majority_vote_ties_go_to_the_first_answer_and_none_abstains():
 def test_mean_interval_hand_computed():
     lo, hi = mean_interval([1.0, 0.0, 1.0, 1.0])  # mean 0.75, sample std 0.5, se 0.25
     assert math.isclose(lo, 0.75 - 1.96 * 0.25) and hi == 1.0
+
+
+def test_paired_gain_hand_computed():
+    from relayrl.evaluation import compare
+    from relayrl.evaluation.evaluate import EvalResult
+
+    def result(correct: list[float]) -> EvalResult:
+        return EvalResult(sum(correct) / len(correct), (0.0, 1.0), [{"greedy_correct": c} for c in correct])
+
+    before, after = result([1, 0, 1, 0]), result([1, 1, 1, 0])
+    gain = compare.paired_gain(after, before)  # differences 0, 1, 0, 0: mean 0.25, sample std 0.5, se 0.25
+    assert gain["value"] == 0.25
+    assert gain["ci95"] == pytest.approx((0.25 - 1.96 * 0.25, 0.25 + 1.96 * 0.25))
+    rows = [compare.summary("a", "t", before), compare.summary("b", "t", after, before)]
+    assert "+25.0% (-24.0% to +74.0%)" in compare.table(rows).splitlines()[-1]
+    assert compare.table(rows).splitlines()[2].endswith("| - |")  # the first model has no gain over itself

@@ -53,6 +53,9 @@ def test_tournament_ties_go_to_the_earlier_candidate_and_unparsed_votes_are_coun
     assert split.winner == 0
     unparsed = tournament(["a", "b", "c"], lambda a, b, v: (None, 1), votes=3)
     assert unparsed.winner == 0 and unparsed.unparsed_votes == 6
+    # split verdicts (a judge asked both ways that disagreed with itself) count as fractions of a vote
+    assert tournament(["a", "b"], lambda a, b, v: (0.5, 1), votes=3).winner == 0  # 1.5 to 1.5: a tie
+    assert tournament(["a", "b"], lambda a, b, v: ((0.5, 1.0, 0.5)[v], 1), votes=3).winner == 1  # 1 to 2
 
 
 def test_pdr_distills_the_top_attempts_into_the_next_round():
@@ -64,14 +67,14 @@ def test_pdr_distills_the_top_attempts_into_the_next_round():
         return [(str(base + i), 5) for i in range(n)]  # attempts improve on the best context
 
     result = parallel_distill_refine(
-        "q", generate, lambda q, attempts: [float(a) for a in attempts], _bigger, width=3, keep=2, rounds=3
+        "q", generate, lambda q, attempts: ([float(a) for a in attempts], 1), _bigger, width=3, keep=2, rounds=3
     )
     assert result.rounds == [["0", "1", "2"], ["2", "3", "4"], ["4", "5", "6"]]
     assert result.contexts == [["2", "1"], ["4", "3"]]
     assert seen_contexts == [[], ["2", "1"], ["4", "3"]]
     assert result.answer == "6"
     assert result.generated_tokens == 45
-    assert result.judge_tokens == 20  # 3 candidates: a match and a bye, then the final
+    assert result.judge_tokens == 2 + 20  # ranking rounds 0 and 1; 3 candidates: a match and a bye, then the final
 
 
 def test_best_of_n_and_weighted_majority():

@@ -38,14 +38,17 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
-    """95% normal interval for the mean of per-item scores in [0, 1] (pass@k, sampled pass@1, maj@k)."""
+def mean_interval(
+    values: list[float], z: float = 1.96, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple[float, float]:
+    """95% normal interval for the mean of per-item scores in `bounds` (pass@k, sampled pass@1, maj@k in [0, 1];
+    paired differences of two models' scores in [-1, 1])."""
     n = len(values)
     if n < 2:
-        return (0.0, 1.0)
+        return bounds
     mean = sum(values) / n
     half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-    return (max(0.0, mean - half), min(1.0, mean + half))
+    return (max(bounds[0], mean - half), min(bounds[1], mean + half))
 
 
 def spoc_metrics(completions: list[list[tuple[str, float]]]) -> dict[str, float | None]:

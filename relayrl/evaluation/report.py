@@ -1,4 +1,4 @@
-"""The end-of-run report: summary.json, report.md and a PNG of reward and held-out accuracy."""
+"""The end-of-run report: summary.json, report.md and a PNG of reward, held-out accuracy, throughput, staleness."""
 
 from __future__ import annotations
 
@@ -12,19 +12,29 @@ import matplotlib.pyplot as plt
 
 
 def plot(records: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in records if "reward" in r]
-    ax.plot(steps, [r["reward"] for r in records if "reward" in r], label="train reward", alpha=0.6)
+    """Reward (and its running mean) with held-out accuracy; below, throughput and staleness per step."""
+    fig, (ax, speed, stale) = plt.subplots(3, 1, figsize=(7, 7), sharex=True, height_ratios=(2, 1, 1))
+    rows = [r for r in records if "reward" in r]
+    steps, rewards = [r["step"] for r in rows], [r["reward"] for r in rows]
+    ax.plot(steps, rewards, label="train reward", alpha=0.35)
+    window = max(1, len(rewards) // 10)
+    running = [sum(rewards[max(0, i + 1 - window) : i + 1]) / min(window, i + 1) for i in range(len(rewards))]
+    ax.plot(steps, running, label=f"train reward, mean of {window} steps")
     evals = [r for r in records if "heldout_accuracy" in r]
     ax.plot([r["step"] for r in evals], [r["heldout_accuracy"] for r in evals], "o-", label="held-out accuracy")
     audited = [r for r in evals if r.get("heldout_reward") is not None]  # a run rewarded by a model or judge
     if audited:
         ax.lines[-1].set_label("held-out accuracy (gold: the task's verifier)")
         ax.plot([r["step"] for r in audited], [r["heldout_reward"] for r in audited], "s-", label="held-out reward")
-    ax.set_xlabel("RL step")
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
+    speed.plot(steps, [r.get("tokens_per_second", 0.0) for r in rows])
+    speed.set_ylabel("trained tok/s")
+    stale.plot(steps, [r.get("staleness", 0.0) for r in rows], drawstyle="steps-mid")
+    stale.set_ylabel("staleness")
+    stale.set_xlabel("RL step")
+    for a in (ax, speed, stale):
+        a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -50,7 +60,7 @@ def write(run_dir: Path, records: list[dict], summary: dict) -> None:
         f"Stale rollouts dropped: {s['dropped_stale']}. Reward failures: {s['reward_failures']}.",
         "",
         *_messages_table(s["heldout_messages_start"], s["heldout_messages_end"]),
-        "![reward and held-out accuracy](report.png)",
+        "![reward, held-out accuracy, throughput and staleness](report.png)",
         "",
     ]
     (run_dir / "report.md").write_text("\n".join(lines))

@@ -25,6 +25,7 @@ class FilterStats:
     kept: int = 0
     critiques: int = 0
     contradicting: int = 0
+    unparsed: int = 0  # critiques without a score, left out before the filter (counted by whoever parses them)
 
 
 def best_critiques(

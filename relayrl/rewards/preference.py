@@ -3,7 +3,8 @@
 Rows are validated one by one: a missing or empty field, or a chosen response identical to the rejected one,
 is reported by row number, and the row rejected (the default) or skipped. `relayrl:arithmetic` makes pairs from
 the embedded arithmetic task, quality checkable by a program: the chosen response is the worked solution, the
-rejected one the same solution with a wrong final answer.
+rejected one the same solution with a wrong final answer; `arithmetic_critique` writes what a careful checker
+would say of any response to them (Critic-RM's warm-up data).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from relayrl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+from relayrl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, extract_arithmetic, worked_steps
 from relayrl.tasks.dataset import load_rows
 
 
@@ -47,6 +48,15 @@ def arithmetic_pairs(n: int, seed: int, cfg: ArithmeticConfig | None = None) -> 
         rejected = item.solution.rsplit("#", 1)[0] + f"#{wrong}"
         rows.append({"prompt": item.prompt, "chosen": item.solution, "rejected": rejected})
     return rows
+
+
+def arithmetic_critique(prompt: str, response: str) -> str:
+    """A critique of a response to a `relayrl:arithmetic` prompt: the steps worked out from the question, the
+    response's final answer, a verdict and a score, e.g. ` 3+4=7, 7-2=5; the response says 6: wrong. Score: 2`."""
+    steps, value = worked_steps(prompt.removeprefix("Q:").split("\n", 1)[0])
+    said = extract_arithmetic(response)
+    verdict = "right. Score: 8" if said == str(value) else "wrong. Score: 2"
+    return f" {', '.join(steps)}; the response says {said or 'nothing'}: {verdict}"
 
 
 def validate_pairs(rows: list[dict], cfg: PreferenceConfig, source: str) -> tuple[list[Pair], list[str]]:

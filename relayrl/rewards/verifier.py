@@ -28,8 +28,11 @@ def takes_prompt(scorer: RewardFn) -> bool:
 
 
 def reward_args(r: Rollout, with_prompt: bool) -> tuple:
-    """What a scorer is called with for rollout `r` (`with_prompt`: `takes_prompt(scorer)`)."""
-    return (r.text, r.answer, r.prompt) if with_prompt else (r.text, r.answer)
+    """What a scorer is called with for rollout `r` (`with_prompt`: `takes_prompt(scorer)`); a rollout paired
+    with another sample (a pairwise judge's opponent) passes that sample's text last."""
+    if not with_prompt:
+        return (r.text, r.answer)
+    return (r.text, r.answer, r.prompt, r.opponent) if r.opponent else (r.text, r.answer, r.prompt)
 
 
 @dataclass
@@ -37,10 +40,22 @@ class RewardConfig:
     timeout: float = 5.0  # seconds per call
     workers: int = 1
     failure_reward: float = 0.0
-    source: str = "task"  # task (its verifier) | reward_model (`model`) | judge (`judge_url`)
+    source: str = "task"  # task (its verifier) | reward_model (`model`) | judge (`judge_url` or `judge_model_path`)
     model: str = ""  # source=reward_model: a reward-model folder (relayrl rm train)
+    critiques: int = 0  # source=reward_model, a Critic-RM folder: critiques averaged per response; 0: its own M
     judge_url: str = ""  # source=judge: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
-    judge_model: str = "judge"
+    judge_model: str = "judge"  # the model name sent to that endpoint
+    judge_model_path: str = ""  # source=judge, instead of judge_url: a judge model (folder, hub id) run in-process
+    judge_kind: str = "pointwise"  # pointwise (a score) | pairwise (a preference between two responses)
+    judge_against: str = "reference"  # pairwise: reference (`judge_reference`) | sample (another of the prompt's)
+    judge_reference: str = "{answer}"  # pairwise: the reference response, over the task's reference answer
+    judge_both_orders: bool = False  # pairwise: judge A-B and B-A and average (cancels position bias; 2x calls)
+    judge_max_tokens: int = 256
+
+    @property
+    def pairs_samples(self) -> bool:
+        """Whether each rollout's reward is a pairwise judge's verdict against another sample of its prompt."""
+        return self.source == "judge" and self.judge_against == "sample"
 
 
 class VerifierScorer:

@@ -38,6 +38,18 @@ def _apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
+def worked_steps(expr: str) -> tuple[list[str], int]:
+    """The steps of an expression of non-negative operands (`23+45-17`), left to right, one two-operand step a
+    line (`23+45=68`, `68-17=51`), and its value: the task's solutions, and what a checker of them recomputes."""
+    nums, ops = [int(n) for n in re.findall(r"\d+", expr)], re.findall(r"[-+*]", expr)
+    steps, acc = [], nums[0]
+    for op, n in zip(ops, nums[1:], strict=True):
+        new = _apply(acc, op, n)
+        steps.append(f"{acc}{op}{n}={new}")
+        acc = new
+    return steps, acc
+
+
 class ArithmeticTask:
     stop_strings: tuple[str, ...] = ()
     scorer = staticmethod(score_arithmetic)
@@ -64,12 +76,8 @@ class ArithmeticTask:
         nums = [rng.randint(0, self.cfg.max_value) for _ in range(self.cfg.terms)]
         ops = [rng.choice(self.cfg.operators) for _ in range(self.cfg.terms - 1)]
         expr = str(nums[0]) + "".join(f"{o}{n}" for o, n in zip(ops, nums[1:], strict=True))
-        steps, acc = [], nums[0]
-        for op, n in zip(ops, nums[1:], strict=True):
-            new = _apply(acc, op, n)
-            steps.append(f"{acc}{op}{n}={new}")
-            acc = new
-        return Item(prompt=f"Q:{expr}\nA:", answer=str(acc), solution="\n".join(steps) + f"\n#{acc}")
+        steps, value = worked_steps(expr)
+        return Item(prompt=f"Q:{expr}\nA:", answer=str(value), solution="\n".join(steps) + f"\n#{value}")
 
     def train_item(self, index: int) -> Item:
         rng = random.Random(f"train-{self.cfg.seed}-{index}")

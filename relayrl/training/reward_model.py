@@ -1,5 +1,6 @@
 """Train a scalar reward model with the Bradley-Terry loss: a score head on any causal LM (or a
-sequence-classification model), saved as a Hugging Face folder with its held-out pair accuracy.
+sequence-classification model), saved as a Hugging Face folder with its held-out pair accuracy. `kind=critic`
+trains a Critic-RM instead (training/critic_rm.py), on the same data, model and `train` settings.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from relayrl.algorithms.reward_losses import bradley_terry
 from relayrl.models import TINY_ARCHS, TinySize, build_tiny_model, load_tokenizer, resolve
+from relayrl.rewards.critic_rm import CriticConfig
 from relayrl.rewards.preference import Pair, PreferenceConfig, load_pairs
 
 
@@ -37,11 +39,13 @@ class RMModelConfig:
 
 @dataclass
 class RMConfig:
+    kind: str = "scalar"  # scalar (Bradley-Terry on prompt + response) | critic (Critic-RM: `critic`)
     seed: int = 0
     output: str = "runs/rm"
     model: RMModelConfig = field(default_factory=RMModelConfig)
     data: PreferenceConfig = field(default_factory=PreferenceConfig)
     train: RMTrainConfig = field(default_factory=RMTrainConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
 
 
 def load_reward_model(cfg: RMModelConfig, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -14,8 +14,8 @@ from relayrl.tts.tournament import Judge, tournament
 
 Generate = Callable[[str, list[str], int], list[tuple[str, int]]]
 """(question, context attempts, n) -> n (attempt, tokens spent) pairs."""
-Rank = Callable[[str, list[str]], list[float]]
-"""(question, attempts) -> a score per attempt, higher is better."""
+Rank = Callable[[str, list[str]], tuple[list[float], int]]
+"""(question, attempts) -> (a score per attempt, higher is better; tokens the ranking spent)."""
 
 
 @dataclass
@@ -24,7 +24,7 @@ class PDRResult:
     rounds: list[list[str]] = field(default_factory=list)  # every round's attempts
     contexts: list[list[str]] = field(default_factory=list)  # the context each round after the first was given
     generated_tokens: int = 0
-    judge_tokens: int = 0
+    judge_tokens: int = 0  # ranking the rounds and the final tournament
 
 
 def parallel_distill_refine(
@@ -35,7 +35,8 @@ def parallel_distill_refine(
     result, context = PDRResult(answer=""), []
     for r in range(rounds):
         if r:
-            scores = rank(question, result.rounds[-1])
+            scores, tokens = rank(question, result.rounds[-1])
+            result.judge_tokens += tokens
             order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
             context = [result.rounds[-1][i] for i in order[:keep]]
             result.contexts.append(context)
@@ -43,6 +44,6 @@ def parallel_distill_refine(
         result.generated_tokens += sum(t for _, t in attempts)
         result.rounds.append([a for a, _ in attempts])
     final = tournament(result.rounds[-1], judge, votes)
-    result.judge_tokens = final.judge_tokens
+    result.judge_tokens += final.judge_tokens
     result.answer = result.rounds[-1][final.winner]
     return result

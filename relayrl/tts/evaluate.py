@@ -1,0 +1,214 @@
+"""`relayrl tts`: test-time scaling methods side by side on a task's held-out set, with the tokens each spent.
+
+Each item's N candidates are sampled once and shared: a method is charged for the candidates it uses as if it
+had sampled them (single: the first; the others: all N) plus what it spends choosing (judge calls, reward-model
+reads); PDR samples its own rounds. A token is any prompt or completion token a model processed, as an
+endpoint's `usage.total_tokens` counts them, so the methods compare at equal compute. Accuracy is the task's
+verifier on the candidate each method picks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import track
+
+from relayrl.config import Config
+from relayrl.evaluation.metrics import majority_vote, wilson_interval
+from relayrl.generation.sampler import encode_prompt, sample
+from relayrl.rewards.judge import POINTWISE_NO_REFERENCE, PairwiseJudge, make_judge
+from relayrl.rewards.model_scorer import RewardModelScorer
+from relayrl.serve import ChatModel
+from relayrl.tasks.base import Item, Task
+from relayrl.tts.pdr import parallel_distill_refine
+from relayrl.tts.tournament import Judge, tournament
+from relayrl.tts.voting import best_of_n, weighted_majority
+
+CONTEXT = "Earlier attempts, the best first:\n{attempts}\n\n"
+
+
+@dataclass
+class Cost:
+    generation_tokens: int = 0  # the policy's: candidates and PDR rounds
+    judge_tokens: int = 0  # the judge's or reward model's, choosing among them
+    judge_calls: int = 0
+    judge_failures: int = 0  # judge replies without a score or verdict
+
+    def add(self, other: Cost) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class MethodResult:
+    correct: list[float] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+
+    def summary(self) -> dict:
+        n, tokens = len(self.correct), self.cost.generation_tokens + self.cost.judge_tokens
+        return {
+            "accuracy": sum(self.correct) / n,
+            "ci95": wilson_interval(sum(self.correct), n),
+            "tokens": tokens,
+            "tokens_per_item": tokens / n,
+        } | dataclasses.asdict(self.cost)
+
+
+def with_context(prompt: str | tuple[dict, ...], attempts: list[str]) -> str | tuple[dict, ...]:
+    """The prompt with earlier attempts written before it (chat prompts: into the last message)."""
+    note = CONTEXT.format(attempts="\n\n".join(a.strip() for a in attempts)) if attempts else ""
+    if isinstance(prompt, str):
+        return note + prompt
+    *head, last = prompt
+    return (*head, {**last, "content": note + last["content"]})
+
+
+class Methods:
+    """The policy, the judges and the scorer, and each method's pick for one item."""
+
+    def __init__(self, cfg: Config, task: Task, model, tokenizer):
+        self.cfg, self.task, self.model, self.tokenizer = cfg, task, model, tokenizer
+        self.sampling = cfg.sampling(task.stop_strings)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        chat = ChatModel("policy", model=model, tokenizer=tokenizer)
+        r = cfg.reward
+        where = {} if r.judge_url or r.judge_model_path else {"chat": chat}  # no judge named: the policy judges
+        self.pairwise: PairwiseJudge = make_judge(r, "pairwise", temperature=cfg.tts.judge_temperature, **where)
+        self.pointwise = make_judge(
+            r, "pointwise", temperature=cfg.tts.judge_temperature, template=POINTWISE_NO_REFERENCE, **where
+        )
+        self.reward_model = RewardModelScorer(r.model) if cfg.tts.scorer == "reward_model" else None
+
+    def generate(self, prompt: str | tuple[dict, ...], n: int) -> list[tuple[str, int]]:
+        """n sampled completions of the prompt, each with its tokens (prompt + completion)."""
+        ids, tok = encode_prompt(self.tokenizer, prompt), self.tokenizer
+        done = sample(self.model, [ids] * n, self.sampling, tok.eos_token_id, tok.pad_token_id, self.gen, tok.decode)
+        return [
+            (tok.decode(s.completion_ids, skip_special_tokens=True), len(ids) + len(s.completion_ids)) for s in done
+        ]
+
+    def score(self, item: Item, question: str, texts: list[str], cost: Cost) -> list[float | None]:
+        """Each candidate's score in [0, 1] by `tts.scorer` (None: the judge gave none), charging `cost`."""
+        values: list[float | None] = []
+        for text in texts:
+            if self.cfg.tts.scorer == "verifier":
+                values.append(self.task.scorer(text, item.answer))
+                continue
+            if self.reward_model:  # a Bradley-Terry reward is a logit
+                value = 1 / (1 + math.exp(-self.reward_model(text, item.answer, question)))
+                tokens = self.reward_model.tokens(text, question)
+            else:
+                value, tokens = self.pointwise.rate(question, text)
+                cost.judge_failures += value is None
+            values.append(value)
+            cost.judge_tokens += tokens
+            cost.judge_calls += 1
+        return values
+
+    def vote(self, question: str, cost: Cost) -> Judge:
+        """The pairwise judge as a tournament's judge, counting its calls and failures in `cost`."""
+
+        def judge(a: str, b: str, index: int) -> tuple[float | None, int]:
+            verdict = self.pairwise.compare(question, a, b, seed=index)
+            cost.judge_calls += 2 if self.pairwise.both_orders else 1
+            cost.judge_failures += verdict.unparsed
+            return verdict.preference, verdict.tokens
+
+        return judge
+
+    def item(self, item: Item, methods: list[str]) -> dict[str, tuple[str | None, Cost]]:
+        """Each method's pick among this item's candidates, and its cost."""
+        t = self.cfg.tts
+        question = self.tokenizer.decode(encode_prompt(self.tokenizer, item.prompt), skip_special_tokens=True)
+        candidates = self.generate(item.prompt, t.n)
+        texts, sampled = [c for c, _ in candidates], sum(tokens for _, tokens in candidates)
+        scored = Cost(sampled)
+        scores = self.score(item, question, texts, scored) if {"best_of_n", "weighted_majority"} & set(methods) else []
+        picks: dict[str, tuple[str | None, Cost]] = {}
+        for m in methods:
+            if m == "single":
+                picks[m] = texts[0], Cost(candidates[0][1])
+            elif m == "majority":
+                winner = majority_vote([self.task.extract(c) for c in texts])
+                picks[m] = (None if winner is None else texts[winner]), Cost(sampled)
+            elif m == "weighted_majority":
+                weights = [v or 0.0 for v in scores]
+                winner = weighted_majority([self.task.extract(c) for c in texts], weights)
+                picks[m] = (None if winner is None else texts[winner]), dataclasses.replace(scored)
+            elif m == "best_of_n":
+                picks[m] = texts[best_of_n([-1.0 if v is None else v for v in scores])], dataclasses.replace(scored)
+            elif m == "tournament":
+                cost = Cost(sampled)
+                result = tournament(texts, self.vote(question, cost), t.votes)
+                cost.judge_tokens = result.judge_tokens
+                picks[m] = texts[result.winner], cost
+            elif m == "pdr":
+                picks[m] = self.pdr(item, question)
+        return picks
+
+    def pdr(self, item: Item, question: str) -> tuple[str, Cost]:
+        t, cost = self.cfg.tts, Cost()
+
+        def rank(_: str, attempts: list[str]) -> tuple[list[float], int]:
+            before = cost.judge_tokens
+            values = self.score(item, question, attempts, cost)
+            return [-1.0 if v is None else v for v in values], cost.judge_tokens - before
+
+        result = parallel_distill_refine(
+            question,
+            lambda _, context, n: self.generate(with_context(item.prompt, context), n),
+            rank,
+            self.vote(question, cost),
+            width=t.pdr_width or t.n,
+            keep=t.pdr_keep,
+            rounds=t.pdr_rounds,
+            votes=t.votes,
+        )
+        cost.generation_tokens, cost.judge_tokens = result.generated_tokens, result.judge_tokens
+        return result.answer, cost
+
+
+def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True) -> dict:
+    """Every method of `tts.methods` on the held-out set: accuracy, tokens, judge calls and failures."""
+    task = cfg.task.build()
+    items = task.heldout()[: cfg.tts.items or None]
+    methods = Methods(cfg, task, model, tokenizer)
+    results = {m: MethodResult() for m in cfg.tts.methods}
+    for item in track(items, description="test-time scaling", disable=not show_progress):
+        for m, (pick, cost) in methods.item(item, cfg.tts.methods).items():
+            results[m].correct.append(float(pick is not None and task.scorer(pick, item.answer) >= 1.0))
+            results[m].cost.add(cost)
+    judge = cfg.reward.judge_url or cfg.reward.judge_model_path or f"{model_name} (the policy)"
+    return {
+        "task": task.name,
+        "model": model_name,
+        "judge": judge,
+        "items": len(items),
+        "tts": dataclasses.asdict(cfg.tts),
+        "methods": {m: r.summary() for m, r in results.items()},
+    }
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"{report['task']}, {report['items']} items, N={report['tts']['n']}, V={report['tts']['votes']}, "
+        f"scorer={report['tts']['scorer']}, judge={report['judge']}",
+        "| method | accuracy (95% CI) | tokens/item | generation tokens | judge tokens | judge calls | unparsed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, r in report["methods"].items():
+        lines.append(
+            f"| {m} | {r['accuracy']:.1%} ({r['ci95'][0]:.1%}-{r['ci95'][1]:.1%}) | {r['tokens_per_item']:.0f} | "
+            f"{r['generation_tokens']} | {r['judge_tokens']} | {r['judge_calls']} | {r['judge_failures']} |"
+        )
+    return "\n".join(lines)
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
