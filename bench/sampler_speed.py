@@ -13,14 +13,11 @@ Writes bench/results/sampler_speed.json (top-level `speedup_at_32`: relayrl toke
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import matmul_peak_gflops, save
 
 from relayrl.generation.sampler import SamplingConfig, sample
 from relayrl.model_import import default_dir
@@ -69,7 +66,7 @@ def main() -> None:
     model, tok = load_model_and_tokenizer(args.model)
     model.eval()
     params = sum(q.numel() for q in model.parameters())
-    peak = json.loads(Path("bench/results/matmul_peak.json").read_text())["gflops_all_threads"]
+    peak = matmul_peak_gflops()
     systems = {"relayrl": relayrl_seconds, "hf_generate": hf_seconds}
     for run in systems.values():  # warm-up
         run(model, 4, 8, tok.pad_token_id)
@@ -99,12 +96,9 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "model": args.model,
-        "command": shlex.join([".venv/bin/python", "bench/sampler_speed.py", *sys.argv[1:]]),
         "rows": rows,
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "sampler_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    save(result, args.out, "sampler_speed")
 
 
 if __name__ == "__main__":

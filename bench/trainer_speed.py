@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from common import matmul_peak_gflops, save
 
 from relayrl.model_import import default_dir
 
@@ -70,8 +70,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.model, args.one)))
         return
-    peak = json.loads(Path("bench/results/matmul_peak.json").read_text())
-    peak_gflops = peak["gflops_all_threads"]
+    peak_gflops = matmul_peak_gflops()
     rows = []
     for budget in args.budgets:
         cmd = [sys.executable, __file__, "--model", args.model, "--one", str(budget)]
@@ -94,12 +93,9 @@ def main() -> None:
         "best_peak_rss_gb": best["peak_rss_gb"],
         "matmul_peak_gflops": peak_gflops,
         "model": args.model,
-        "command": shlex.join([".venv/bin/python", "bench/trainer_speed.py", *sys.argv[1:]]),
         "rows": rows,
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "trainer_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    save(result, args.out, "trainer_speed")
 
 
 if __name__ == "__main__":
