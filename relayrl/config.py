@@ -88,6 +88,7 @@ class TTSConfig:
     n: int = 8  # candidates per item, sampled once and shared by the methods (single: the first)
     votes: int = 1  # judge votes per tournament match (RTV's V)
     scorer: str = "judge"  # ranks candidates for best_of_n, weighted_majority and PDR: judge | reward_model | verifier
+    match: str = "judge"  # decides tournament matches (RTV, PDR's final): judge | reward_model (Bradley-Terry)
     judge_temperature: float = 0.0  # > 0: a match's votes differ (each vote samples with its own seed)
     pdr_rounds: int = 2
     pdr_keep: int = 2  # the top K attempts of a round, given as context to the next
@@ -177,6 +178,7 @@ CHOICES = {
     "reward.judge_kind": ("pointwise", "pairwise"),
     "reward.judge_against": ("reference", "sample"),
     "tts.scorer": ("judge", "reward_model", "verifier"),
+    "tts.match": ("judge", "reward_model"),
     "ray.trainer_parallel": ("ddp", "fsdp2"),
     "ray.weight_sync": ("object_store", "broadcast"),
     "ray.placement": ("disaggregated", "colocated"),
@@ -280,6 +282,13 @@ def validate(cfg: Config) -> Config:
     uses_scorer = {"best_of_n", "weighted_majority", "pdr"} & set(cfg.tts.methods)
     if uses_scorer and cfg.tts.scorer == "reward_model" and not cfg.reward.model:
         raise ConfigError("reward.model: tts.scorer=reward_model needs a reward-model folder (relayrl rm train)")
+    uses_match = {"tournament", "pdr"} & set(cfg.tts.methods)
+    if uses_match and cfg.tts.match == "reward_model" and not cfg.reward.model:
+        raise ConfigError("reward.model: tts.match=reward_model needs a reward-model folder (relayrl rm train)")
+    if cfg.algorithm.drop_zero_advantage and cfg.algorithm.kl_coef > 0:
+        raise ConfigError(
+            "algorithm.drop_zero_advantage: with kl_coef > 0 a rollout of advantage 0 still has a KL gradient"
+        )
     if cfg.recipe == "spoc" and cfg.reward.source != "task":
         raise ConfigError("reward.source: recipe=spoc rewards each message with the task's verifier; use task")
     if cfg.recipe == "spoc" and cfg.spoc.writer == "teacher" and not cfg.spoc.teacher:

@@ -97,7 +97,11 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             if cfg.reward.pairs_samples:
                 pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
             reward_stats = scorer.score(fresh)
-            metrics = trainer.step(to_sequences(fresh, cfg.algorithm.advantage, cfg.spoc.verify_baseline))
+            a = cfg.algorithm
+            seqs = to_sequences(fresh, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage)
+            metrics = trainer.step(seqs)
+            if a.drop_zero_advantage:  # with incomplete groups (stale rollouts dropped) also left out
+                metrics["untrained_rollouts"] = len(fresh) - len(seqs)
             step += 1
             t2 = time.perf_counter()
             counters["dropped_stale"] += len(rollouts) - len(fresh)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -43,12 +44,20 @@ def open_run(run_dir: Path) -> Config:
     return load_config(str(run_dir / "config.yaml"))
 
 
-def to_sequences(rollouts: list[Rollout], estimator: str, verify_baseline: str = "truth") -> list[Sequence]:
+def to_sequences(
+    rollouts: list[Rollout], estimator: str, verify_baseline: str = "truth", drop_zero: bool = False
+) -> list[Sequence]:
     """Rewards -> advantages, grouped by prompt; each token of a rollout carries its advantage.
 
     Rollouts rewarded message by message (SPOC) get message-wise RLOO advantages instead of `estimator`'s,
-    each spread over its message's tokens (`verify_baseline`: see `advantages.message_rloo`).
+    each spread over its message's tokens (`verify_baseline`: see `advantages.message_rloo`). `drop_zero`: leave
+    out the rollouts whose every token's advantage is 0 (`AlgorithmConfig.drop_zero_advantage`).
     """
+    seqs = _advantages(rollouts, estimator, verify_baseline)
+    return [s for s in seqs if any(s.advantages)] if drop_zero else seqs
+
+
+def _advantages(rollouts: list[Rollout], estimator: str, verify_baseline: str) -> list[Sequence]:
     groups: dict[int, list[Rollout]] = {}
     for r in rollouts:
         groups.setdefault(r.prompt_index, []).append(r)
@@ -142,16 +151,19 @@ class Run:
     def audit(self, result: EvalResult) -> dict:
         """Gold-judge audit of a run rewarded by a reward model or judge: its reward of the held-out greedy
         completions beside their accuracy by the task's verifier (the gold), and the gap; reward hacking
-        shows as a reward that rises while the gold does not."""
+        shows as a reward that rises while the gold does not. A reward model's logit goes through a sigmoid
+        (as in `relayrl tts`) so that both are in [0, 1]."""
         if self.cfg.reward.source == "task":
             return {}
         fn, scores, failures = self.cfg.reward_fn(self.task), [], 0
         for o in result.outputs:
             prompt = self.tokenizer.decode(encode_prompt(self.tokenizer, o["prompt"]), skip_special_tokens=True)
             try:
-                scores.append(float(fn(o["greedy"], o["answer"], prompt=prompt)))
+                value = float(fn(o["greedy"], o["answer"], prompt=prompt))
             except Exception:  # a judge that fails is counted, never fatal
                 failures += 1
+                continue
+            scores.append(1 / (1 + math.exp(-value)) if self.cfg.reward.source == "reward_model" else value)
         mean = sum(scores) / len(scores) if scores else None
         gap = None if mean is None else mean - result.accuracy
         return {"heldout_reward": mean, "heldout_gold_gap": gap, "heldout_reward_failures": failures}
@@ -207,6 +219,7 @@ class Run:
             "heldout_start": result.accuracy,
             "heldout_interval_start": result.interval,
             "heldout_messages_start": result.message_metrics,
+            "heldout_audit_start": self.audit(result),
             "counters": {
                 "dropped_stale": 0,
                 "reward_failures": 0,
@@ -272,6 +285,7 @@ class Run:
             "heldout_interval_end": final.interval,
             "heldout_messages_start": self.state["heldout_messages_start"],
             "heldout_messages_end": final.message_metrics,
+            "heldout_audit_start": self.state.get("heldout_audit_start", {}),
             "heldout_size": len(self.heldout),
             "wall_seconds": self.wall_seconds(),
             "rl_seconds": c["rl_seconds"],

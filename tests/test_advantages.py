@@ -32,3 +32,32 @@ def test_reinforce_batch_baseline():
     adv = advantages.reinforce(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     assert torch.allclose(adv, torch.tensor([[0.25, -0.75], [0.25, 0.25]]))
     assert math.isclose(adv.sum().item(), 0.0, abs_tol=1e-7)
+
+
+def test_dropping_zero_advantage_rollouts_rescales_the_gradient_only():
+    """A group all right adds no gradient; without it the token mean's denominator shrinks, so the gradient is
+    the full batch's times (all tokens / kept tokens) and every kept token's advantage is unchanged."""
+    from relayrl.models import TinySize, load_model_and_tokenizer
+    from relayrl.rollout import Rollout
+    from relayrl.run import to_sequences
+    from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Trainer
+
+    def rollout(prompt: int, sample: int, reward: float, length: int) -> Rollout:
+        ids = [5 + (prompt * 7 + sample * 3 + i) % 30 for i in range(length)]
+        r = Rollout(prompt, sample, [4, 5 + prompt], ids, [-1.0] * length, 0, "", "stop")
+        r.reward = reward
+        return r
+
+    rollouts = [rollout(0, j, float(j % 2), 3 + j) for j in range(4)] + [rollout(1, j, 1.0, 2) for j in range(4)]
+    full, kept = to_sequences(rollouts, "grpo"), to_sequences(rollouts, "grpo", drop_zero=True)
+    assert [s.advantages for s in kept] == [s.advantages for s in full[:4]]  # prompt 1's group is all right
+    assert all(a == 0.0 for s in full[4:] for a in s.advantages)
+
+    def grads(seqs) -> torch.Tensor:
+        model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
+        trainer = Trainer(model, OptimConfig(warmup_steps=0), AlgorithmConfig(), tok.pad_token_id)
+        trainer.accumulate(seqs)
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+    scale = sum(len(s.completion_ids) for s in full) / sum(len(s.completion_ids) for s in kept)
+    assert torch.allclose(grads(kept), grads(full) * scale, atol=1e-6)

@@ -58,3 +58,30 @@ def test_tts_with_an_in_process_judge_asked_both_orders(tiny, tmp_path, verdict_
 def test_tts_rejects_an_unknown_method(tiny, tmp_path):
     with pytest.raises(SystemExit, match=r"tts\.methods"):
         main(["tts", *tiny(tmp_path, **{"tts.methods": "[single,beam]"})])
+
+
+def test_a_reward_model_decides_tournaments_by_bradley_terry(tiny, tmp_path):
+    from relayrl.config import load_config
+    from relayrl.models import TinySize, load_model_and_tokenizer
+    from relayrl.tts.evaluate import Methods
+
+    rm = tmp_path / "rm"
+    main(["rm", "train", "train.steps=20", "train.eval_every=20", "data.synthetic_rows=256", f"output={rm}"])
+    rm_judged = {"reward.model": str(rm), "tts.scorer": "reward_model", "tts.match": "reward_model", "tts.n": 5}
+    cfg = load_config(None, tiny(tmp_path, **rm_judged))
+    model, tokenizer = load_model_and_tokenizer(
+        "tiny-llama", TinySize(cfg.model.hidden, cfg.model.layers, cfg.model.heads), 0
+    )
+    methods, task = Methods(cfg, cfg.task.build(), model, tokenizer), cfg.task.build()
+    for item in task.heldout()[:3]:
+        picks = methods.item(item, ["best_of_n", "tournament"])
+        (best, scored), (winner, cost) = picks["best_of_n"], picks["tournament"]
+        # the higher reward wins every match (ties: the earlier candidate), so the tournament ends on the
+        # candidate best-of-N picks; 5 candidates: 4 matches, each reading both responses
+        assert winner == best and cost.judge_calls == 4 and scored.judge_calls == 5
+        assert cost.generation_tokens == scored.generation_tokens and cost.judge_tokens > scored.judge_tokens
+
+
+def test_a_reward_model_match_needs_a_reward_model(tiny, tmp_path):
+    with pytest.raises(SystemExit, match=r"tts\.match"):
+        main(["tts", *tiny(tmp_path, **{"tts.match": "reward_model", "tts.methods": "[tournament]"})])

@@ -12,22 +12,31 @@ import matplotlib.pyplot as plt
 
 
 def plot(records: list[dict], path: Path) -> None:
-    """Reward (and its running mean) with held-out accuracy; below, throughput and staleness per step."""
+    """Reward (and its running mean) with held-out accuracy (and, for a run rewarded by a model or judge, its
+    held-out reward and the gap to the gold); below, throughput and staleness per step."""
     fig, (ax, speed, stale) = plt.subplots(3, 1, figsize=(7, 7), sharex=True, height_ratios=(2, 1, 1))
     rows = [r for r in records if "reward" in r]
     steps, rewards = [r["step"] for r in rows], [r["reward"] for r in rows]
-    ax.plot(steps, rewards, label="train reward", alpha=0.35)
+    # a reward model's logits are not in [0, 1]: they get their own axis
+    rax = ax if all(0 <= v <= 1 for v in rewards) else ax.twinx()
+    rax.plot(steps, rewards, label="train reward", alpha=0.35)
     window = max(1, len(rewards) // 10)
     running = [sum(rewards[max(0, i + 1 - window) : i + 1]) / min(window, i + 1) for i in range(len(rewards))]
-    ax.plot(steps, running, label=f"train reward, mean of {window} steps")
+    rax.plot(steps, running, label=f"train reward, mean of {window} steps")
     evals = [r for r in records if "heldout_accuracy" in r]
     ax.plot([r["step"] for r in evals], [r["heldout_accuracy"] for r in evals], "o-", label="held-out accuracy")
     audited = [r for r in evals if r.get("heldout_reward") is not None]  # a run rewarded by a model or judge
+    low = 0.0
     if audited:
         ax.lines[-1].set_label("held-out accuracy (gold: the task's verifier)")
-        ax.plot([r["step"] for r in audited], [r["heldout_reward"] for r in audited], "s-", label="held-out reward")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize="small")
+        at = [r["step"] for r in audited]
+        ax.plot(at, [r["heldout_reward"] for r in audited], "s-", label="held-out reward (the run's judge)")
+        gaps = [r["heldout_gold_gap"] for r in audited]
+        ax.plot(at, gaps, "^--", label="gap: judge - gold")
+        low = min(0.0, *gaps)
+    ax.set_ylim(low, 1)
+    handles = [h for a in dict.fromkeys((ax, rax)) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize="small")
     speed.plot(steps, [r.get("tokens_per_second", 0.0) for r in rows])
     speed.set_ylabel("trained tok/s")
     stale.plot(steps, [r.get("staleness", 0.0) for r in rows], drawstyle="steps-mid")

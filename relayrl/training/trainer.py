@@ -44,6 +44,10 @@ class AlgorithmConfig:
     clip_eps: float = 0.2  # PPO ratio clip
     kl_coef: float = 0.0  # k3 KL to the reference (initial) policy
     aggregation: str = "token"  # token | sequence
+    # a rollout whose advantage is 0 on every token (its group all right or all wrong) adds no gradient when
+    # kl_coef is 0, only tokens to the loss's mean: not training on it saves its forward and backward and
+    # weighs the informative tokens as DAPO's dynamic sampling does (without resampling)
+    drop_zero_advantage: bool = False
 
 
 @dataclass

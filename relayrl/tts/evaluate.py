@@ -82,7 +82,8 @@ class Methods:
         self.pointwise = make_judge(
             r, "pointwise", temperature=cfg.tts.judge_temperature, template=POINTWISE_NO_REFERENCE, **where
         )
-        self.reward_model = RewardModelScorer(r.model) if cfg.tts.scorer == "reward_model" else None
+        uses_rm = "reward_model" in (cfg.tts.scorer, cfg.tts.match)
+        self.reward_model = RewardModelScorer(r.model) if uses_rm else None
 
     def generate(self, prompt: str | tuple[dict, ...], n: int) -> list[tuple[str, int]]:
         """n sampled completions of the prompt, each with its tokens (prompt + completion)."""
@@ -99,7 +100,7 @@ class Methods:
             if self.cfg.tts.scorer == "verifier":
                 values.append(self.task.scorer(text, item.answer))
                 continue
-            if self.reward_model:  # a Bradley-Terry reward is a logit
+            if self.cfg.tts.scorer == "reward_model":  # a Bradley-Terry reward is a logit
                 value = 1 / (1 + math.exp(-self.reward_model(text, item.answer, question)))
                 tokens = self.reward_model.tokens(text, question)
             else:
@@ -110,8 +111,14 @@ class Methods:
             cost.judge_calls += 1
         return values
 
-    def vote(self, question: str, cost: Cost) -> Judge:
-        """The pairwise judge as a tournament's judge, counting its calls and failures in `cost`."""
+    def vote(self, item: Item, question: str, cost: Cost) -> Judge:
+        """The tournament's judge, counting its calls and failures in `cost`: the pairwise judge, or the reward
+        model's Bradley-Terry preference for b, sigmoid(r_b - r_a)."""
+
+        def preference(a: str, b: str, index: int) -> tuple[float | None, int]:
+            ra, rb = (self.reward_model(text, item.answer, question) for text in (a, b))
+            cost.judge_calls += 1
+            return 1 / (1 + math.exp(ra - rb)), sum(self.reward_model.tokens(text, question) for text in (a, b))
 
         def judge(a: str, b: str, index: int) -> tuple[float | None, int]:
             verdict = self.pairwise.compare(question, a, b, seed=index)
@@ -119,7 +126,7 @@ class Methods:
             cost.judge_failures += verdict.unparsed
             return verdict.preference, verdict.tokens
 
-        return judge
+        return preference if self.cfg.tts.match == "reward_model" else judge
 
     def item(self, item: Item, methods: list[str]) -> dict[str, tuple[str | None, Cost]]:
         """Each method's pick among this item's candidates, and its cost."""
@@ -144,7 +151,7 @@ class Methods:
                 picks[m] = texts[best_of_n([-1.0 if v is None else v for v in scores])], dataclasses.replace(scored)
             elif m == "tournament":
                 cost = Cost(sampled)
-                result = tournament(texts, self.vote(question, cost), t.votes)
+                result = tournament(texts, self.vote(item, question, cost), t.votes)
                 cost.judge_tokens = result.judge_tokens
                 picks[m] = texts[result.winner], cost
             elif m == "pdr":
@@ -163,7 +170,7 @@ class Methods:
             question,
             lambda _, context, n: self.generate(with_context(item.prompt, context), n),
             rank,
-            self.vote(question, cost),
+            self.vote(item, question, cost),
             width=t.pdr_width or t.n,
             keep=t.pdr_keep,
             rounds=t.pdr_rounds,
@@ -184,6 +191,8 @@ def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: 
             results[m].correct.append(float(pick is not None and task.scorer(pick, item.answer) >= 1.0))
             results[m].cost.add(cost)
     judge = cfg.reward.judge_url or cfg.reward.judge_model_path or f"{model_name} (the policy)"
+    if cfg.tts.match == "reward_model":
+        judge = f"{cfg.reward.model} (reward model, Bradley-Terry)"
     return {
         "task": task.name,
         "model": model_name,
