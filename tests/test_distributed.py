@@ -22,20 +22,21 @@ def _free_address() -> str:
 
 def _batch() -> list[Sequence]:
     g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(4, 40, (3 + i,), generator=g).tolist() for i in range(3)]  # each sampled 3-4 times
     seqs = []
     for i in range(10):  # uneven lengths, so the ranks' micro-batches differ in number and shape
-        p, c = 3 + i % 4, 2 + (3 * i) % 7
-        ids = torch.randint(4, 40, (p + c,), generator=g).tolist()
+        c = 2 + (3 * i) % 7
         mu = (-torch.rand(c, generator=g) * 3).tolist()
-        seqs.append(Sequence(ids[:p], ids[p:], mu, [float(i % 3 - 1)] * c))
+        completion = torch.randint(4, 40, (c,), generator=g).tolist()
+        seqs.append(Sequence(prompts[i % 3], completion, mu, [float(i % 3 - 1)] * c))
     return seqs
 
 
-def _trainer(aggregation: str, parallel: str = "ddp") -> Trainer:
+def _trainer(aggregation: str, parallel: str = "ddp", share_prompts: bool = True) -> Trainer:
     model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
     ref = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=1)[0]
     algo = AlgorithmConfig(kl_coef=0.1, aggregation=aggregation)
-    optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0)
+    optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0, share_prompts=share_prompts)
     return Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, ref_model=ref, parallel=parallel)
 
 
@@ -64,7 +65,7 @@ def _rank(rank: int, world: int, address: str, out: str, aggregation: str, paral
 def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parallel):
     for aggregation in ("token", "sequence"):
         mp.spawn(_rank, args=(2, _free_address(), str(tmp_path), aggregation, parallel), nprocs=2)
-        single = _trainer(aggregation)
+        single = _trainer(aggregation, share_prompts=parallel != "fsdp2")  # FSDP2 ranks do not share prompts
         expected = single.accumulate(_batch())
         grads = _grads(single)
         single.optimizer.zero_grad()

@@ -12,7 +12,8 @@ def _model(arch="tiny-llama"):
 def test_behaviour_logprobs_match_a_full_forward_pass():
     for arch in ("tiny-llama", "tiny-qwen2"):
         model, tok = _model(arch)
-        prompts = [encode_prompt(tok, "Q:1+2\nA:"), encode_prompt(tok, "Q:12+34-5\nA:")]  # different lengths
+        # different lengths, each sampled twice: a repeated prompt is read once and its cache copied
+        prompts = [encode_prompt(tok, "Q:1+2\nA:"), encode_prompt(tok, "Q:12+34-5\nA:")] * 2
         cfg = SamplingConfig(max_new_tokens=12, temperature=0.7)
         out = sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0))
         for p, s in zip(prompts, out, strict=True):

@@ -59,7 +59,8 @@ def _sample(texts: list[str], stop_rule, eos_after: int | None = None) -> list[s
     if eos_after is not None:
         scripts[0] = [*scripts[0][:eos_after], TOK.eos_token_id]
     cfg = SamplingConfig(max_new_tokens=200, temperature=0.0, stop_rule=stop_rule)
-    out = sample(Scripted(scripts), [[1]] * len(texts), cfg, TOK.eos_token_id, TOK.pad_token_id, decode=TOK.decode)
+    prompts = [[1, i] for i in range(len(texts))]  # distinct: the sampler reads a repeated prompt once
+    out = sample(Scripted(scripts), prompts, cfg, TOK.eos_token_id, TOK.pad_token_id, decode=TOK.decode)
     return [DECODE(s.completion_ids) for s in out]
 
 

@@ -68,13 +68,16 @@ def sample(
 ) -> list[Sample]:
     """Sample one completion per prompt. `decode(ids) -> str` is needed only for stop strings and the stop rule.
 
-    Finished rows leave the batch (and the KV cache) once they are a quarter of it, so the model's work
-    follows the rows still being written."""
+    Each distinct prompt is read once (GRPO samples a prompt several times): its KV cache and first logits are
+    copied to the rows that sample it. Finished rows leave the batch (and the KV cache) once they are a quarter
+    of it, so the model's work follows the rows still being written."""
     device = next(model.parameters()).device
+    distinct = {tuple(p): i for i, p in enumerate(dict.fromkeys(tuple(p) for p in prompts))}
+    copies = torch.tensor([distinct[tuple(p)] for p in prompts], device=device)
     batch, width = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):  # left padding keeps every row's next token in the last column
+    input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
+    for i, p in enumerate(distinct):  # left padding keeps every row's next token in the last column
         input_ids[i, width - len(p) :] = torch.tensor(p, device=device)
         mask[i, width - len(p) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -100,6 +103,9 @@ def sample(
             .float()
             / temperature
         )
+        if t == 0:  # from each distinct prompt to its rows
+            cache.batch_select_indices(copies)
+            logits, mask, positions = logits[copies], mask[copies], positions[copies]
         if cfg.temperature == 0:
             token = logits.argmax(-1)
         else:

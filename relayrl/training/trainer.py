@@ -34,6 +34,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 10  # linear learning-rate warm-up: a fresh Adam's first steps are full-size
     micro_batch_tokens: int = 16384  # padded tokens per forward/backward; 1024 suits 100M+ models
+    # the samples of one prompt run its tokens through the model once (their rows continue its KV cache): the
+    # same gradient, with the prompt's share of the work divided by the samples per prompt (not with FSDP2)
+    share_prompts: bool = True
 
 
 @dataclass
@@ -75,10 +78,20 @@ def sequence_logprobs(
     where: torch.Tensor,
     temperature: float = 1.0,
     chunk: int = 1024,
+    prefix: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """log pi(token_{j+1} | tokens_<=j) at the (B, L-1) positions `where`; zeros elsewhere."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][where]
-    targets = input_ids[:, 1:][where]
+    """log pi(token_{j+1} | tokens_<=j) at the (B, L-1) positions `where`; zeros elsewhere.
+
+    `prefix` (`collate(share_prompts=True)`): the rows continue these prefixes, each run once and its KV cache
+    handed to every row that continues it (the gradient flows back through the cache to the shared tokens)."""
+    extra = {}
+    if prefix is not None:
+        cache = model.base_model(input_ids=prefix["ids"], attention_mask=prefix["mask"], use_cache=True).cache
+        cache.batch_select_indices(prefix["rows"])
+        attention_mask = torch.cat([prefix["mask"][prefix["rows"]], attention_mask], dim=1)
+        extra = {"cache": cache, "position_ids": prefix["positions"]}
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+    hidden, targets = hidden[:, :-1][where], input_ids[:, 1:][where]
     head = model.get_output_embeddings()
     # more than one chunk: recompute each chunk's logits in backward rather than keep them all
     recompute = torch.is_grad_enabled() and hidden.shape[0] > chunk
@@ -95,17 +108,26 @@ def sequence_logprobs(
     return out
 
 
-def collate(seqs: list[Sequence], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+completion; per-token fields aligned with the shifted targets."""
-    width = max(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
+def shareable(seqs: list[Sequence]) -> bool:
+    """Whether prompts can be shared: some prompt is repeated, and none is so short that its prefix is empty."""
+    return len({tuple(s.prompt_ids) for s in seqs}) < len(seqs) and all(len(s.prompt_ids) > 1 for s in seqs)
+
+
+def collate(
+    seqs: list[Sequence], pad_id: int, device: torch.device, share_prompts: bool = False
+) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+completion; per-token fields aligned with the shifted targets.
+
+    `share_prompts`: each distinct prompt but its last token becomes one row of `prefix` (run once), and each
+    sequence's row holds only that last token and its completion, at positions that continue the prefix."""
+    cut = [len(s.prompt_ids) - 1 if share_prompts else 0 for s in seqs]
+    rows = [s.prompt_ids[c:] + s.completion_ids for s, c in zip(seqs, cut, strict=True)]
+    width = max(len(r) for r in rows)
     b = len(seqs)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
+    ids, attn = _right_padded(rows, width, pad_id)
     mask, mu, adv = (torch.zeros((b, width - 1)) for _ in range(3))
     for i, s in enumerate(seqs):
-        p, c = len(s.prompt_ids), len(s.completion_ids)
-        ids[i, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids)
-        attn[i, : p + c] = 1
+        p, c = len(s.prompt_ids) - cut[i], len(s.completion_ids)
         span = slice(p - 1, p + c - 1)  # logits at position j predict token j+1
         mask[i, span] = torch.tensor(s.loss_mask) if s.loss_mask is not None else 1.0
         if s.behaviour_logprobs is not None:
@@ -113,21 +135,55 @@ def collate(seqs: list[Sequence], pad_id: int, device: torch.device) -> dict[str
         if s.advantages is not None:
             adv[i, span] = torch.tensor(s.advantages)
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "mu": mu, "adv": adv}
-    return {k: v.to(device) for k, v in out.items()}
+    if share_prompts:
+        prefixes = {p: i for i, p in enumerate(dict.fromkeys(tuple(s.prompt_ids[:-1]) for s in seqs))}
+        prefix_ids, prefix_mask = _right_padded([list(p) for p in prefixes], max(map(len, prefixes)), pad_id)
+        out["prefix"] = {
+            "ids": prefix_ids,
+            "mask": prefix_mask,
+            "rows": torch.tensor([prefixes[tuple(s.prompt_ids[:-1])] for s in seqs]),
+            "positions": torch.tensor(cut)[:, None] + torch.arange(width),
+        }
+    return _to(out, device)
 
 
-def micro_batches(seqs: list[Sequence], token_budget: int) -> list[list[Sequence]]:
-    """Consecutive groups whose padded size (rows x longest row) stays within the budget."""
+def _right_padded(rows: list[list[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+    return ids, attn
+
+
+def _to(tensors: dict, device: torch.device) -> dict:
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in tensors.items()}
+
+
+def micro_batches(seqs: list[Sequence], token_budget: int, share_prompts: bool = False) -> list[list[Sequence]]:
+    """Consecutive groups whose padded size stays within the budget: rows x longest row, where with
+    `share_prompts` a row is a prompt's last token and a completion, and each distinct prompt adds its prefix."""
     groups: list[list[Sequence]] = []
-    width = 0
+    width, prefixes, prefix_width = 0, set(), 0
     for s in seqs:
-        n = len(s.prompt_ids) + len(s.completion_ids)
-        if not groups or max(width, n) * (len(groups[-1]) + 1) > token_budget:
+        n = len(s.completion_ids) + (1 if share_prompts else len(s.prompt_ids))
+        key = tuple(s.prompt_ids) if share_prompts else ()
+        pw = max(prefix_width, len(key) - 1)
+        if not groups or max(width, n) * (len(groups[-1]) + 1) + len(prefixes | {key}) * pw > token_budget:
             groups.append([])
-            width = 0
+            width, prefixes, pw = 0, set(), max(0, len(key) - 1)
         groups[-1].append(s)
-        width = max(width, n)
+        width, prefix_width = max(width, n), pw
+        prefixes.add(key)
     return groups
+
+
+def computed_tokens(seqs: list[Sequence], share_prompts: bool) -> int:
+    """Tokens the model runs (padding aside): every row's whole sequence, or with shared prompts each distinct
+    prompt once plus every completion."""
+    if not share_prompts:
+        return sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
+    return sum(len(p) for p in {tuple(s.prompt_ids) for s in seqs}) + sum(len(s.completion_ids) for s in seqs)
 
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -140,8 +196,8 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, where, temperature: float) -> torch.Tensor:
-        return sequence_logprobs(self.model, input_ids, attention_mask, where, temperature)
+    def forward(self, input_ids, attention_mask, where, temperature: float, prefix=None) -> torch.Tensor:
+        return sequence_logprobs(self.model, input_ids, attention_mask, where, temperature, prefix=prefix)
 
 
 def _world() -> int:
@@ -224,7 +280,11 @@ class Trainer:
     def _token_loss(self, batch: dict[str, torch.Tensor], supervised: bool) -> tuple[torch.Tensor, dict]:
         where = batch["mask"] > 0
         logp = self.logprobs(
-            batch["input_ids"], batch["attention_mask"], where, 1.0 if supervised else self.temperature
+            batch["input_ids"],
+            batch["attention_mask"],
+            where,
+            1.0 if supervised else self.temperature,
+            batch.get("prefix"),
         )
         if supervised:
             return -logp, {}
@@ -246,7 +306,12 @@ class Trainer:
         if a.kl_coef > 0:
             with torch.no_grad():
                 ref = sequence_logprobs(
-                    self.ref_model, batch["input_ids"], batch["attention_mask"], where, self.temperature
+                    self.ref_model,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    where,
+                    self.temperature,
+                    prefix=batch.get("prefix"),
                 )
             kl = losses.kl_k3(logp, ref)
             per_token = per_token + a.kl_coef * kl
@@ -281,16 +346,24 @@ class Trainer:
         total_tokens, total_seqs = (int(v) for v in _all_reduce([local_tokens, len(seqs)]))
         mode = "token" if supervised else self.algo.aggregation
         loss_total, sums = 0.0, {}
-        # by length, so each micro-batch pads its rows to a similar width (the loss does not depend on the order)
-        by_length = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
-        groups = micro_batches(by_length, self.optim_cfg.micro_batch_tokens)
+        # by length, so each micro-batch pads its rows to a similar width (the loss does not depend on the order);
+        # sharing prompts, a prompt's samples stay together. Not under FSDP2: a layer run twice in one forward (prefix,
+        # then rows) finds its parameters resharded when the second use's backward comes
+        share = self.optim_cfg.share_prompts and not self.sharded and shareable(seqs)
+        if share:
+            ordered = sorted(seqs, key=lambda s: (len(s.prompt_ids), s.prompt_ids, len(s.completion_ids)))
+        else:
+            ordered = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
+        groups = micro_batches(ordered, self.optim_cfg.micro_batch_tokens, share)
+        shared = [share and shareable(g) for g in groups]
         # every rank runs as many forward/backward passes as the busiest one, since each pass holds collectives
         # (FSDP2 gathers parameters in forward); a rank with fewer micro-batches adds fillers of weight 0
         count = int(_all_reduce([len(groups)], dist.ReduceOp.MAX)[0]) if world > 1 else len(groups)
         filler = Sequence([self.pad_id], [self.pad_id], None if supervised else [0.0], None if supervised else [0.0])
         for i in range(count):
             real = i < len(groups)
-            batch = collate(groups[i] if real else [filler], self.pad_id, self.device)
+            group, share_group = (groups[i], shared[i]) if real else ([filler], False)
+            batch = collate(group, self.pad_id, self.device, share_group)
             last = i == count - 1  # gradients are reduced over the ranks on each rank's last backward only
             if self.sharded:
                 self.logprobs.set_requires_gradient_sync(last)
@@ -302,8 +375,9 @@ class Trainer:
             for k, v in stats.items():  # fillers too (weight 0): every rank then reduces the same keys
                 sums[k] = sums.get(k, 0.0) + real * v
         trained = sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
-        loss_total, trained, *sum_values = _all_reduce([loss_total, trained, *sums.values()])
-        metrics = {"loss": loss_total, "trained_tokens": trained}
+        computed = sum(computed_tokens(g, sh) for g, sh in zip(groups, shared, strict=True))
+        loss_total, trained, computed, *sum_values = _all_reduce([loss_total, trained, computed, *sums.values()])
+        metrics = {"loss": loss_total, "trained_tokens": trained, "computed_tokens": computed}
         metrics.update(
             {k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in zip(sums, sum_values, strict=True)}
         )
