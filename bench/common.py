@@ -1,4 +1,4 @@
-"""What the speed benchmarks share: the machine's matmul peak to compare with, and how a result is saved."""
+"""What the benchmarks share: the machine's matmul peak to compare with, how a result and a plot are saved."""
 
 from __future__ import annotations
 
@@ -19,3 +19,14 @@ def save(result: dict, out: str | Path, name: str) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+
+
+def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+    """Label, grid and legend `ax`, and write `fig` to `path` (its folder made)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)

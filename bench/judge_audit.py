@@ -25,7 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import save
+from common import save, save_plot
 
 from relayrl.config import load_config, merge
 from relayrl.controller import train
@@ -62,12 +62,7 @@ def plot(curve: list[dict], baseline: list[dict] | None, path: Path) -> None:
             label="gold accuracy, policy rewarded by the verifier",
         )
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out, greedy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_plot(fig, ax, path, "RL step", "held-out, greedy")
     plt.close(fig)
 
 
@@ -108,7 +103,6 @@ def main() -> None:
         "rows": {"judged_run": judged_run, "baseline_run": gold_run},  # summaries and train rewards, not printed
         "overrides": common,
     }
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(curve, baseline, args.plot)
     save(result, args.out, "judge_audit")
 

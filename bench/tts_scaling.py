@@ -21,7 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import save
+from common import save, save_plot
 
 from relayrl.config import load_config
 from relayrl.models import TinySize, load_model_and_tokenizer
@@ -40,12 +40,7 @@ def plot(rows: list[dict], path: Path) -> None:
         label = "best-of-N by the verifier (pass@N)" if method == "oracle" else method
         ax.plot([p[0] for p in points], [p[1] for p in points], style, marker=MARKERS.get(method, "x"), label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("tokens per question (generation + judge)")
-    ax.set_ylabel("held-out accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_plot(fig, ax, path, "tokens per question (generation + judge)", "held-out accuracy")
     plt.close(fig)
 
 
@@ -86,7 +81,6 @@ def main() -> None:
         "table": [{k: r[k] for k in ("n", "method", "accuracy", "ci95", "tokens_per_item")} for r in rows],
         "rows": rows,
     }
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.plot)
     save(result, args.out, "tts")
 

@@ -51,8 +51,9 @@ def plot(records: list[dict], path: Path) -> None:
 
 def write(run_dir: Path, records: list[dict], summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(records, run_dir / "report.png")
     s = summary
+    start = {"step": 0, "heldout_accuracy": s["heldout_accuracy_start"], **s.get("heldout_audit_start", {})}
+    plot([start, *records], run_dir / "report.png")  # the held-out curve starts where RL did
     lines = [
         f"# relayrl run: {run_dir.name}",
         "",
