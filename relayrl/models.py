@@ -81,9 +81,12 @@ def load_model_and_tokenizer(
 
 
 def resolve(name_or_path: str) -> str:
-    """A local folder (`~` expanded) or a hub id; anything else is an error naming the field."""
+    """A local folder (`~` expanded; a run's `checkpoints/latest` pointer read) or a hub id; anything else is an
+    error naming the field."""
     if name_or_path.startswith("~"):
         name_or_path = str(Path(name_or_path).expanduser())
+    if Path(name_or_path).is_file() and Path(name_or_path).name == "latest":  # it names the newest checkpoint
+        name_or_path = str(Path(name_or_path).parent / Path(name_or_path).read_text().strip())
     if not Path(name_or_path).exists() and "/" not in name_or_path:
         raise ValueError(
             f"model.name_or_path: {name_or_path!r} is neither a local folder, a hub id (org/name) "

@@ -138,6 +138,11 @@ def test_trained_checkpoint_reloads_with_transformers(tiny, tmp_path):
     } <= summary.keys()
     assert (run_dir / "report.md").exists() and (run_dir / "report.png").stat().st_size > 0
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+    # the `latest` pointer stands for the newest checkpoint wherever a model is named
+    from relayrl.models import load_model_and_tokenizer
+
+    newest = load_model_and_tokenizer(str(run_dir / "checkpoints" / "latest"))[0]
+    assert all(torch.equal(a, b) for a, b in zip(newest.parameters(), model.parameters(), strict=True))
 
 
 def test_eval_cli_compares_checkpoints(tiny, tmp_path, capsys):
