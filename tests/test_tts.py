@@ -85,3 +85,12 @@ def test_a_reward_model_decides_tournaments_by_bradley_terry(tiny, tmp_path):
 def test_a_reward_model_match_needs_a_reward_model(tiny, tmp_path):
     with pytest.raises(SystemExit, match=r"tts\.match"):
         main(["tts", *tiny(tmp_path, **{"tts.match": "reward_model", "tts.methods": "[tournament]"})])
+
+
+def test_an_items_candidates_do_not_depend_on_the_other_methods(tiny, tmp_path):
+    """PDR samples more than the N candidates: the next item's candidates must not move with it, so that runs with
+    different methods (e.g. an oracle best-of-N beside the full set) compare the same candidates."""
+    majority = {"tts.n": 4, "rollout.temperature": 1.0}
+    alone = _tts(tiny, tmp_path, **majority, **{"tts.methods": "[majority]"})["methods"]["majority"]
+    beside_pdr = _tts(tiny, tmp_path, **majority, **{"tts.methods": "[pdr,majority]"})["methods"]["majority"]
+    assert alone == beside_pdr

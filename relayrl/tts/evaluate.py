@@ -74,7 +74,7 @@ class Methods:
     def __init__(self, cfg: Config, task: Task, model, tokenizer):
         self.cfg, self.task, self.model, self.tokenizer = cfg, task, model, tokenizer
         self.sampling = cfg.sampling(task.stop_strings)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator()  # seeded per item
         chat = ChatModel("policy", model=model, tokenizer=tokenizer)
         r = cfg.reward
         where = {} if r.judge_url or r.judge_model_path else {"chat": chat}  # no judge named: the policy judges
@@ -128,9 +128,11 @@ class Methods:
 
         return preference if self.cfg.tts.match == "reward_model" else judge
 
-    def item(self, item: Item, methods: list[str]) -> dict[str, tuple[str | None, Cost]]:
-        """Each method's pick among this item's candidates, and its cost."""
+    def item(self, item: Item, methods: list[str], index: int = 0) -> dict[str, tuple[str | None, Cost]]:
+        """Each method's pick among this item's candidates, and its cost. The candidates follow from the seed and
+        the item's `index` alone, so runs with other methods (PDR samples more) see the same ones."""
         t = self.cfg.tts
+        self.gen.manual_seed(self.cfg.seed * 1_000_003 + index)
         question = self.tokenizer.decode(encode_prompt(self.tokenizer, item.prompt), skip_special_tokens=True)
         candidates = self.generate(item.prompt, t.n)
         texts, sampled = [c for c, _ in candidates], sum(tokens for _, tokens in candidates)
@@ -186,8 +188,8 @@ def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: 
     items = task.heldout()[: cfg.tts.items or None]
     methods = Methods(cfg, task, model, tokenizer)
     results = {m: MethodResult() for m in cfg.tts.methods}
-    for item in track(items, description="test-time scaling", disable=not show_progress):
-        for m, (pick, cost) in methods.item(item, cfg.tts.methods).items():
+    for index, item in enumerate(track(items, description="test-time scaling", disable=not show_progress)):
+        for m, (pick, cost) in methods.item(item, cfg.tts.methods, index).items():
             results[m].correct.append(float(pick is not None and task.scorer(pick, item.answer) >= 1.0))
             results[m].cost.add(cost)
     judge = cfg.reward.judge_url or cfg.reward.judge_model_path or f"{model_name} (the policy)"
