@@ -113,9 +113,7 @@ def shareable(seqs: list[Sequence]) -> bool:
     return len({tuple(s.prompt_ids) for s in seqs}) < len(seqs) and all(len(s.prompt_ids) > 1 for s in seqs)
 
 
-def collate(
-    seqs: list[Sequence], pad_id: int, device: torch.device, share_prompts: bool = False
-) -> dict[str, torch.Tensor]:
+def collate(seqs: list[Sequence], pad_id: int, device: torch.device, share_prompts: bool = False) -> dict:
     """Right-padded prompt+completion; per-token fields aligned with the shifted targets.
 
     `share_prompts`: each distinct prompt but its last token becomes one row of `prefix` (run once), and each
