@@ -29,6 +29,7 @@ from common import save, save_plot
 
 from relayrl.config import load_config, merge
 from relayrl.controller import train
+from relayrl.evaluation.report import start_record
 from relayrl.tracking import read_jsonl
 from relayrl.training.reward_model import RMConfig, train_reward_model
 
@@ -37,8 +38,7 @@ def run(folder: Path, overrides: list[str]) -> tuple[list[dict], dict]:
     """One RL run: its evaluations (step 0 from the summary, then each `eval_every`) and its summary."""
     run_dir = train(load_config(None, [f"run_dir={folder}", *overrides]), show_progress=False)
     records, s = read_jsonl(run_dir / "metrics.jsonl"), json.loads((run_dir / "summary.json").read_text())
-    start = {"step": 0, "heldout_accuracy": s["heldout_accuracy_start"], **s["heldout_audit_start"]}
-    evals = [start] + [
+    evals = [start_record(s)] + [
         {k: r[k] for k in ("step", "heldout_accuracy", "heldout_reward", "heldout_gold_gap") if r.get(k) is not None}
         for r in records
         if "heldout_accuracy" in r

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import torch
 from rich.progress import track
 
 from relayrl.algorithms import advantages
+from relayrl.algorithms.reward_losses import preference_probability
 from relayrl.config import Config, load_config, to_yaml
 from relayrl.evaluation.evaluate import EvalResult, evaluate
 from relayrl.evaluation.metrics import spoc_metrics
@@ -163,7 +163,7 @@ class Run:
             except Exception:  # a judge that fails is counted, never fatal
                 failures += 1
                 continue
-            scores.append(1 / (1 + math.exp(-value)) if self.cfg.reward.source == "reward_model" else value)
+            scores.append(preference_probability(value) if self.cfg.reward.source == "reward_model" else value)
         mean = sum(scores) / len(scores) if scores else None
         gap = None if mean is None else mean - result.accuracy
         return {"heldout_reward": mean, "heldout_gold_gap": gap, "heldout_reward_failures": failures}

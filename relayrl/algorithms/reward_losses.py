@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+
+def preference_probability(margin: float) -> float:
+    """Bradley-Terry: the probability that a response is preferred, from its reward's margin over the other's
+    (over 0: a lone reward model logit read as a probability)."""
+    return 1 / (1 + math.exp(-margin))
 
 
 def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

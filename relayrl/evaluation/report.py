@@ -49,11 +49,15 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def start_record(summary: dict) -> dict:
+    """The held-out evaluation at RL's start as a metrics record of step 0 (metrics.jsonl begins at step 1)."""
+    return {"step": 0, "heldout_accuracy": summary["heldout_accuracy_start"], **summary.get("heldout_audit_start", {})}
+
+
 def write(run_dir: Path, records: list[dict], summary: dict) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     s = summary
-    start = {"step": 0, "heldout_accuracy": s["heldout_accuracy_start"], **s.get("heldout_audit_start", {})}
-    plot([start, *records], run_dir / "report.png")  # the held-out curve starts where RL did
+    plot([start_record(s), *records], run_dir / "report.png")  # the held-out curve starts where RL did
     lines = [
         f"# relayrl run: {run_dir.name}",
         "",

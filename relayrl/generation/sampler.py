@@ -39,6 +39,12 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def distinct(rows: list[list[int]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct rows in order of first appearance, and each row's index among them."""
+    index = {r: i for i, r in enumerate(dict.fromkeys(tuple(r) for r in rows))}
+    return list(index), [index[tuple(r)] for r in rows]
+
+
 def encode_prompt(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
     """The one place prompts become ids: plain text with the tokenizer's own special tokens (e.g. BOS),
     or chat messages through the tokenizer's chat template, ending where the assistant's reply begins."""
@@ -72,12 +78,12 @@ def sample(
     copied to the rows that sample it. Finished rows leave the batch (and the KV cache) once they are a quarter
     of it, so the model's work follows the rows still being written."""
     device = next(model.parameters()).device
-    distinct = {tuple(p): i for i, p in enumerate(dict.fromkeys(tuple(p) for p in prompts))}
-    copies = torch.tensor([distinct[tuple(p)] for p in prompts], device=device)
+    unique, copies = distinct(prompts)
+    copies = torch.tensor(copies, device=device)
     batch, width = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
-    for i, p in enumerate(distinct):  # left padding keeps every row's next token in the last column
+    input_ids = torch.full((len(unique), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(unique), width), dtype=torch.long, device=device)
+    for i, p in enumerate(unique):  # left padding keeps every row's next token in the last column
         input_ids[i, width - len(p) :] = torch.tensor(p, device=device)
         mask[i, width - len(p) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from relayrl.algorithms import losses
 from relayrl.executors.weights import flatten, load_flat
+from relayrl.generation.sampler import distinct
 
 
 @dataclass
@@ -110,7 +111,7 @@ def sequence_logprobs(
 
 def shareable(seqs: list[Sequence]) -> bool:
     """Whether prompts can be shared: some prompt is repeated, and none is so short that its prefix is empty."""
-    return len({tuple(s.prompt_ids) for s in seqs}) < len(seqs) and all(len(s.prompt_ids) > 1 for s in seqs)
+    return len(distinct([s.prompt_ids for s in seqs])[0]) < len(seqs) and all(len(s.prompt_ids) > 1 for s in seqs)
 
 
 def collate(seqs: list[Sequence], pad_id: int, device: torch.device, share_prompts: bool = False) -> dict:
@@ -134,12 +135,12 @@ def collate(seqs: list[Sequence], pad_id: int, device: torch.device, share_promp
             adv[i, span] = torch.tensor(s.advantages)
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "mu": mu, "adv": adv}
     if share_prompts:
-        prefixes = {p: i for i, p in enumerate(dict.fromkeys(tuple(s.prompt_ids[:-1]) for s in seqs))}
-        prefix_ids, prefix_mask = _right_padded([list(p) for p in prefixes], max(map(len, prefixes)), pad_id)
+        prompts, rows_prompt = distinct([s.prompt_ids for s in seqs])
+        prefix_ids, prefix_mask = _right_padded([list(p[:-1]) for p in prompts], max(map(len, prompts)) - 1, pad_id)
         out["prefix"] = {
             "ids": prefix_ids,
             "mask": prefix_mask,
-            "rows": torch.tensor([prefixes[tuple(s.prompt_ids[:-1])] for s in seqs]),
+            "rows": torch.tensor(rows_prompt),
             "positions": torch.tensor(cut)[:, None] + torch.arange(width),
         }
     return _to(out, device)
@@ -165,13 +166,13 @@ def micro_batches(seqs: list[Sequence], token_budget: int, share_prompts: bool =
     width, prefixes, prefix_width = 0, set(), 0
     for s in seqs:
         n = len(s.completion_ids) + (1 if share_prompts else len(s.prompt_ids))
-        key = tuple(s.prompt_ids) if share_prompts else ()
-        pw = max(prefix_width, len(key) - 1)
-        if not groups or max(width, n) * (len(groups[-1]) + 1) + len(prefixes | {key}) * pw > token_budget:
+        key, pw = (tuple(s.prompt_ids), len(s.prompt_ids) - 1) if share_prompts else ((), 0)
+        cost = max(width, n) * (len(groups[-1]) + 1) + len(prefixes | {key}) * max(prefix_width, pw) if groups else 0
+        if not groups or cost > token_budget:
             groups.append([])
-            width, prefixes, pw = 0, set(), max(0, len(key) - 1)
+            width, prefixes, prefix_width = 0, set(), 0
         groups[-1].append(s)
-        width, prefix_width = max(width, n), pw
+        width, prefix_width = max(width, n), max(prefix_width, pw)
         prefixes.add(key)
     return groups
 
@@ -181,7 +182,7 @@ def computed_tokens(seqs: list[Sequence], share_prompts: bool) -> int:
     prompt once plus every completion."""
     if not share_prompts:
         return sum(len(s.prompt_ids) + len(s.completion_ids) for s in seqs)
-    return sum(len(p) for p in {tuple(s.prompt_ids) for s in seqs}) + sum(len(s.completion_ids) for s in seqs)
+    return sum(map(len, distinct([s.prompt_ids for s in seqs])[0])) + sum(len(s.completion_ids) for s in seqs)
 
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)

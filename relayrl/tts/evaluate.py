@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from rich.progress import track
 
+from relayrl.algorithms.reward_losses import preference_probability
 from relayrl.config import Config
 from relayrl.evaluation.metrics import majority_vote, wilson_interval
 from relayrl.generation.sampler import encode_prompt, sample
@@ -101,7 +101,7 @@ class Methods:
                 values.append(self.task.scorer(text, item.answer))
                 continue
             if self.cfg.tts.scorer == "reward_model":  # a Bradley-Terry reward is a logit
-                value = 1 / (1 + math.exp(-self.reward_model(text, item.answer, question)))
+                value = preference_probability(self.reward_model(text, item.answer, question))
                 tokens = self.reward_model.tokens(text, question)
             else:
                 value, tokens = self.pointwise.rate(question, text)
@@ -118,7 +118,7 @@ class Methods:
         def preference(a: str, b: str, index: int) -> tuple[float | None, int]:
             ra, rb = (self.reward_model(text, item.answer, question) for text in (a, b))
             cost.judge_calls += 1
-            return 1 / (1 + math.exp(ra - rb)), sum(self.reward_model.tokens(text, question) for text in (a, b))
+            return preference_probability(rb - ra), sum(self.reward_model.tokens(text, question) for text in (a, b))
 
         def judge(a: str, b: str, index: int) -> tuple[float | None, int]:
             verdict = self.pairwise.compare(question, a, b, seed=index)
