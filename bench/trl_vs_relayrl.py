@@ -208,15 +208,16 @@ def child_trl(overrides: list[str], sft_dir: Path, output_dir: Path, result: Pat
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
+    from relayrl import build
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
 
     cfg = config(overrides, ("mode=sync",))
-    threads = cfg.thread_budget()[1]  # relayrl sync's budget: all cores (threads.trainer if set)
+    threads = build.thread_budget(cfg)[1]  # relayrl sync's budget: all cores (threads.trainer if set)
     torch.set_num_threads(threads)
-    task = cfg.task.build()
+    task = build.task(cfg)
     model, tokenizer = load_model_and_tokenizer(str(sft_dir))
-    sampling = cfg.sampling(task.stop_strings)
+    sampling = build.sampling(cfg, task.stop_strings)
     start = evaluate(model, tokenizer, task.heldout(), task.scorer, sampling).accuracy
 
     _REWARD_STATE.update(tokenizer=tokenizer, scorer=task.scorer)
@@ -355,11 +356,13 @@ def trl_block(child: dict, tree_peak: float | None) -> dict:
 
 
 def settings_block(cfg) -> dict:
+    from relayrl import build
+
     r = cfg.rollout
     return {
         "model": cfg.model.name_or_path,
         "model_size": {"hidden": cfg.model.hidden, "layers": cfg.model.layers, "heads": cfg.model.heads},
-        "task": cfg.task.build().name,
+        "task": build.task(cfg).name,
         "steps": cfg.steps,
         "prompts_per_step": r.prompts_per_step,
         "samples_per_prompt": r.samples_per_prompt,

@@ -25,17 +25,19 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
+    from relayrl import build
     from relayrl.evaluation import compare
     from relayrl.evaluation.evaluate import evaluate
     from relayrl.models import load_model_and_tokenizer
-    from relayrl.run import heldout_scorers
 
     models, configs, overrides = split_args(args.args)
     if not models:
         raise ConfigError("eval: name at least one model, checkpoint folder or hub id")
-    cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
-    task = cfg.task.build()
-    scorer, message_scorer = heldout_scorers(task, cfg.message_rewards(task))  # spoc: the answer it ends on
+    cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides, training=False)
+    task = build.task(cfg)
+    scorer, message_scorer = build.heldout_scorers(
+        task, build.message_rewards(cfg, task)
+    )  # spoc: the answer it ends on
     ks = tuple(int(k) for k in args.k.split(",")) if args.samples else ()
     rows, results = [], []
     for name in models:
@@ -46,7 +48,7 @@ def _eval(args) -> None:
                 tokenizer,
                 task.heldout(),
                 scorer,
-                cfg.sampling(task.stop_strings),
+                build.sampling(cfg, task.stop_strings),
                 n_samples=args.samples,
                 ks=ks,
                 seed=cfg.seed,
@@ -74,7 +76,7 @@ def _tts(args) -> None:
     models, configs, overrides = split_args(args.args)
     if len(models) > 1:
         raise ConfigError(f"tts: one policy model at a time; got {', '.join(models)}")
-    cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides)
+    cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides, training=False)
     name, m = (models or [cfg.model.name_or_path])[0], cfg.model
     model, tokenizer = load_model_and_tokenizer(name, TinySize(m.hidden, m.layers, m.heads), cfg.seed)
     report = evaluate_tts(cfg, name, model, tokenizer)
@@ -92,8 +94,6 @@ def _rm_train(args) -> None:
     if names:
         raise ConfigError(f"rm train: {names[0]!r} is neither a YAML file (.yaml) nor a dotted override (key=value)")
     cfg = merge(RMConfig, configs, overrides)
-    if cfg.kind not in ("scalar", "critic"):
-        raise ConfigError(f"kind: scalar or critic, got {cfg.kind!r}")
     metrics = (train_critic_rm if cfg.kind == "critic" else train_reward_model)(cfg)
     if cfg.kind == "critic":
         s = metrics["stage1"]

@@ -1,77 +1,87 @@
-"""Dataclass configs: defaults here, a YAML file over them, dotted overrides over that.
+"""Dataclass configs: defaults here, YAML files over them, dotted overrides over those.
 
-Unknown keys and wrong types are rejected by OmegaConf; `validate` checks values. Either
-way the error names the field.
+Each field declares its constraints where it is declared (relayrl/schema.py); `validate` checks the whole tree,
+then the rules across sections, before any work starts. Every error is one line naming the dotted field, and
+where its value came from: a YAML file and line, or the command line.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from relayrl.executors.ray_config import RayConfig
 from relayrl.generation.messages import SpocFormat
-from relayrl.generation.sampler import SamplingConfig
-from relayrl.rewards.judge import make_judge
-from relayrl.rewards.model_scorer import RewardModelScorer
-from relayrl.rewards.spoc import SpocRewards
+from relayrl.models import TINY_ARCHS, missing_folder
 from relayrl.rewards.verifier import RewardConfig
-from relayrl.tasks import ArithmeticConfig, DatasetConfig, ReasoningGymConfig, Task, make_task
+from relayrl.schema import ConfigError, check, choice, non_negative, nonempty, positive, setting
+from relayrl.tasks import ArithmeticConfig, DatasetConfig, ReasoningGymConfig
+from relayrl.tasks.reasoning_gym import unknown_generator
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "tiny-llama"  # a builtin (tiny-llama, tiny-qwen2), a hub id or a local folder
-    hidden: int = 128  # the rest size builtin models only
-    layers: int = 4
-    heads: int = 4
+    name_or_path: str = nonempty("tiny-llama")  # a builtin (tiny-llama, tiny-qwen2), a hub id or a local folder
+    hidden: int = setting(128, gt=0, le=2**16)  # the rest size builtin models only (2**16: past CPU memory)
+    layers: int = setting(4, gt=0, le=1024)
+    heads: int = positive(4)
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if problem := missing_folder(self.name_or_path):
+            yield "name_or_path", problem
+        if self.name_or_path in TINY_ARCHS and self.hidden % (2 * self.heads):
+            # rotary embeddings turn pairs of each head's dimensions
+            yield "hidden", f"must be a multiple of 2 * model.heads ({2 * self.heads}); got {self.hidden}"
 
 
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"
+    name: str = choice("arithmetic", "dataset", "reasoning_gym")
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)
 
-    def build(self) -> Task:
-        return make_task(self.name, self.arithmetic, self.dataset, self.reasoning_gym)
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.name == "dataset" and not self.dataset.path:
+            yield "dataset.path", "task.name=dataset needs a hub name or a local .jsonl/.csv/.parquet file"
+        if self.name == "reasoning_gym" and (problem := unknown_generator(self.reasoning_gym.name)):
+            yield "reasoning_gym.name", problem
 
 
 @dataclass
 class SFTConfig:
     """Supervised warm start on the task's worked solutions, before RL."""
 
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 2e-3
+    steps: int = non_negative(800)
+    batch_size: int = positive(64)
+    lr: float = positive(2e-3)
 
 
 @dataclass
 class SpocConfig:
     """recipe=spoc: multi-message rollouts, PairSFT on the model's own samples, then message-wise RL."""
 
-    turn_cap: int = 3  # solution attempts per completion; generation also stops at the first Yes
-    max_new_tokens: int = 160  # one whole multi-message completion (rollout.max_new_tokens: one solution)
-    pair_questions: int = 2048  # questions whose sampled solutions make the PairSFT data
-    pair_samples: int = 8  # K solutions sampled per question
-    pair_sft_steps: int = 200  # batches of sft.batch_size
-    pair_sft_lr: float = 1e-3
-    writer: str = "template"  # who writes critiques: template (checkable steps, one per line) | teacher (a model)
+    turn_cap: int = positive(3)  # solution attempts per completion; generation also stops at the first Yes
+    max_new_tokens: int = positive(160)  # one whole multi-message completion (rollout.max_new_tokens: one solution)
+    pair_questions: int = positive(2048)  # questions whose sampled solutions make the PairSFT data
+    pair_samples: int = setting(8, ge=2)  # K solutions sampled per question; a pair needs a right and a wrong one
+    pair_sft_steps: int = non_negative(200)  # batches of sft.batch_size
+    pair_sft_lr: float = positive(1e-3)
+    # who writes critiques: template (checkable steps, one per line) | teacher (a model)
+    writer: str = choice("template", "teacher")
     teacher: str = ""  # writer=teacher: an HF causal LM, hub id or local folder
-    verify_open: str = "\nCheck:"  # opens a verification message
-    verify_ask: str = " Correct?"  # precedes the verdict, " Yes" or " No"
-    verify_baseline: str = "truth"  # a verification's RLOO pool: truth (role + the judged solution's reward) | role
+    verify_open: str = nonempty("\nCheck:")  # opens a verification message
+    verify_ask: str = nonempty(" Correct?")  # precedes the verdict, " Yes" or " No"
+    # a verification's RLOO pool: truth (role + the judged solution's reward) | role
+    verify_baseline: str = choice("truth", "role")
 
     def format(self) -> SpocFormat:
         return SpocFormat(self.verify_open, self.verify_ask, self.turn_cap)
@@ -84,25 +94,30 @@ TTS_METHODS = ("single", "majority", "weighted_majority", "best_of_n", "tourname
 class TTSConfig:
     """`relayrl tts`: test-time scaling methods side by side on the held-out set (docs/recipes/test_time_scaling.md)."""
 
-    methods: list[str] = field(default_factory=lambda: list(TTS_METHODS))
-    n: int = 8  # candidates per item, sampled once and shared by the methods (single: the first)
-    votes: int = 1  # judge votes per tournament match (RTV's V)
-    scorer: str = "judge"  # ranks candidates for best_of_n, weighted_majority and PDR: judge | reward_model | verifier
-    match: str = "judge"  # decides tournament matches (RTV, PDR's final): judge | reward_model (Bradley-Terry)
-    judge_temperature: float = 0.0  # > 0: a match's votes differ (each vote samples with its own seed)
-    pdr_rounds: int = 2
-    pdr_keep: int = 2  # the top K attempts of a round, given as context to the next
-    pdr_width: int = 0  # attempts per PDR round; 0: n
-    items: int = 0  # the first this many held-out items; 0: all
+    methods: list[str] = setting(factory=lambda: list(TTS_METHODS), choices=TTS_METHODS, nonempty=True)  # noqa: RUF009
+    n: int = positive(8)  # candidates per item, sampled once and shared by the methods (single: the first)
+    votes: int = positive(1)  # judge votes per tournament match (RTV's V)
+    scorer: str = choice("judge", "reward_model", "verifier")  # ranks candidates for best_of_n, weighted_majority, PDR
+    match: str = choice("judge", "reward_model")  # decides tournament matches (RTV, PDR's final)
+    judge_temperature: float = non_negative(0.0)  # > 0: a match's votes differ (each vote samples with its own seed)
+    pdr_rounds: int = positive(2)
+    pdr_keep: int = positive(2)  # the top K attempts of a round, given as context to the next
+    pdr_width: int = non_negative(0)  # attempts per PDR round; 0: n
+    items: int = non_negative(0)  # the first this many held-out items; 0: all
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        width = self.pdr_width or self.n
+        if "pdr" in self.methods and self.pdr_keep > width:
+            yield "pdr_keep", f"must be <= a round's attempts (tts.pdr_width, else tts.n: {width}); got {self.pdr_keep}"
 
 
 @dataclass
 class RolloutConfig:
-    prompts_per_step: int = 32
-    samples_per_prompt: int = 8
-    max_new_tokens: int = 32
-    temperature: float = 0.7
-    top_p: float = 1.0
+    prompts_per_step: int = positive(32)
+    samples_per_prompt: int = positive(8)
+    max_new_tokens: int = positive(32)
+    temperature: float = non_negative(0.7)  # 0: greedy (evaluation only; see `validate`)
+    top_p: float = setting(1.0, gt=0, le=1)
 
 
 @dataclass
@@ -112,22 +127,22 @@ class ThreadsConfig:
     Training is the larger share of the work, so the generator sleeps part of each step; sharing its
     cores with the trainer beat an even split by 1.2x on 2 cores (docs/benchmarks.md)."""
 
-    generator: int = 0
-    trainer: int = 0
+    generator: int = setting(0, ge=0, le=1024)  # torch's thread pool crashes on a count far past any machine's
+    trainer: int = setting(0, ge=0, le=1024)
 
 
 @dataclass
 class Config:
-    seed: int = 0
-    mode: str = "async"  # async | sync
-    recipe: str = "rl"  # rl | spoc (docs/recipes/spoc.md)
-    executors: str = "local"  # local | ray: generators and reward workers as Ray actors (docs/distributed.md)
-    max_staleness: int = 1  # async: rollouts may lag the trainer by at most this many versions
-    steps: int = 250
-    eval_every: int = 25
-    checkpoint_every: int = 25
-    keep_checkpoints: int = 2
-    run_dir: str = "runs"
+    seed: int = setting(0, ge=0, lt=2**32)  # sampling seeds are seed * 1_000_003 + batch: within torch's 64 bits
+    mode: str = choice("async", "sync")
+    recipe: str = choice("rl", "spoc")  # spoc: docs/recipes/spoc.md
+    executors: str = choice("local", "ray")  # ray: generators and reward workers as Ray actors (docs/distributed.md)
+    max_staleness: int = non_negative(1)  # async: rollouts may lag the trainer by at most this many versions
+    steps: int = positive(250)
+    eval_every: int = positive(25)
+    checkpoint_every: int = positive(25)
+    keep_checkpoints: int = positive(2)
+    run_dir: str = nonempty("runs")
     name: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -141,158 +156,44 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     tts: TTSConfig = field(default_factory=TTSConfig)
 
-    def sampling(self, stop_strings: tuple[str, ...]) -> SamplingConfig:
-        """How rollouts (and held-out completions) are sampled; SPOC's run to its stop rule."""
-        r = self.rollout
-        single = SamplingConfig(r.max_new_tokens, r.temperature, r.top_p, tuple(stop_strings))
-        if self.recipe != "spoc":
-            return single
-        return dataclasses.replace(single, max_new_tokens=self.spoc.max_new_tokens, stop_rule=self.spoc.format())
-
-    def reward_fn(self, task: Task):
-        """What rewards a rollout: SPOC's per-message rewards, a reward model, a judge, or the task's verifier."""
-        r = self.reward
-        if self.recipe == "spoc":
-            return self.message_rewards(task)
-        if r.source == "reward_model":
-            return RewardModelScorer(r.model, critiques=r.critiques)
-        if r.source == "judge":
-            return make_judge(r, r.judge_kind)
-        return task.scorer
-
-    def message_rewards(self, task: Task) -> SpocRewards | None:
-        """SPOC's per-message rewards over the task's scorer; None: one reward per rollout."""
-        return SpocRewards(self.spoc.format(), task.scorer) if self.recipe == "spoc" else None
-
-    def thread_budget(self) -> tuple[int, int]:
-        cores = os.cpu_count() or 1
-        gen = self.threads.generator or (max(1, cores // 2) if self.mode == "async" else cores)
-        return gen, self.threads.trainer or cores
-
-
-CHOICES = {
-    "mode": ("async", "sync"),
-    "recipe": ("rl", "spoc"),
-    "executors": ("local", "ray"),
-    "reward.source": ("task", "reward_model", "judge"),
-    "reward.judge_kind": ("pointwise", "pairwise"),
-    "reward.judge_against": ("reference", "sample"),
-    "tts.scorer": ("judge", "reward_model", "verifier"),
-    "tts.match": ("judge", "reward_model"),
-    "ray.trainer_parallel": ("ddp", "fsdp2"),
-    "ray.weight_sync": ("object_store", "broadcast"),
-    "ray.placement": ("disaggregated", "colocated"),
-    "spoc.writer": ("template", "teacher"),
-    "algorithm.advantage": ("grpo", "rloo", "reinforce"),
-    "algorithm.loss": ("aipo", "ppo"),
-    "algorithm.aggregation": ("token", "sequence"),
-    "task.name": ("arithmetic", "dataset", "reasoning_gym"),
-    "task.dataset.on_bad_row": ("error", "skip"),
-    "task.dataset.scorer": ("math", "exact"),
-}
-POSITIVE = [
-    "steps",
-    "rollout.prompts_per_step",
-    "rollout.samples_per_prompt",
-    "rollout.max_new_tokens",
-    "optim.lr",
-    "optim.micro_batch_tokens",
-    "algorithm.rho",
-    "reward.timeout",
-    "reward.workers",
-    "reward.judge_max_tokens",
-    "sft.batch_size",
-    "sft.lr",
-    "eval_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "spoc.turn_cap",
-    "spoc.max_new_tokens",
-    "spoc.pair_questions",
-    "spoc.pair_samples",
-    "spoc.pair_sft_lr",
-    "ray.generators",
-    "ray.reward_workers",
-    "ray.start_timeout",
-    "ray.bucket_mb",
-    "tts.n",
-    "tts.votes",
-    "tts.pdr_rounds",
-    "tts.pdr_keep",
-]
-NON_NEGATIVE = [
-    "reward.critiques",
-    "max_staleness",
-    "sft.steps",
-    "rollout.temperature",
-    "algorithm.kl_coef",
-    "algorithm.clip_eps",
-    "optim.grad_clip",
-    "threads.generator",
-    "threads.trainer",
-    "spoc.pair_sft_steps",
-    "ray.generator_cpus",
-    "ray.generator_gpus",
-    "ray.reward_cpus",
-    "ray.max_restarts",
-    "tts.judge_temperature",
-    "tts.pdr_width",
-    "tts.items",
-]
+    def rules(self) -> Iterator[tuple[str, str]]:
+        """The rules across sections; `check` has checked every field, and each section's own rules, before."""
+        a, r, tts, samples = self.algorithm, self.reward, self.tts, self.rollout.samples_per_prompt
+        if a.advantage in ("grpo", "rloo") and samples < 2:
+            yield "rollout.samples_per_prompt", f"{a.advantage} needs >= 2 samples per prompt; got {samples}"
+        if self.recipe == "spoc" and samples < 2:
+            yield "rollout.samples_per_prompt", f"spoc's message-wise RLOO needs >= 2 samples per prompt; got {samples}"
+        if r.source == "reward_model" and not r.model:
+            yield "reward.model", "reward.source=reward_model needs a reward-model folder (relayrl rm train)"
+        if r.judge_url and r.judge_model_path:
+            yield "reward.judge_model_path", "a judge is an endpoint (reward.judge_url) or a local model; not both"
+        if r.source == "judge" and not (r.judge_url or r.judge_model_path):
+            endpoint = "an OpenAI-compatible endpoint URL (or reward.judge_model_path: a judge model run in-process)"
+            yield "reward.judge_url", f"reward.source=judge needs {endpoint}"
+        if r.judge_against == "sample" and r.judge_kind != "pairwise":
+            yield "reward.judge_against", "sample compares two samples; it needs reward.judge_kind=pairwise"
+        uses_scorer = {"best_of_n", "weighted_majority", "pdr"} & set(tts.methods)
+        if uses_scorer and tts.scorer == "reward_model" and not r.model:
+            yield "reward.model", "tts.scorer=reward_model needs a reward-model folder (relayrl rm train)"
+        if {"tournament", "pdr"} & set(tts.methods) and tts.match == "reward_model" and not r.model:
+            yield "reward.model", "tts.match=reward_model needs a reward-model folder (relayrl rm train)"
+        if a.drop_zero_advantage and a.kl_coef > 0:
+            yield "algorithm.drop_zero_advantage", "with kl_coef > 0 a rollout of advantage 0 still has a KL gradient"
+        if self.recipe == "spoc" and r.source != "task":
+            yield "reward.source", "recipe=spoc rewards each message with the task's verifier; use task"
+        if self.recipe == "spoc" and self.spoc.writer == "teacher" and not self.spoc.teacher:
+            yield "spoc.teacher", "writer=teacher needs a model (hub id or local folder)"
 
 
-def _get(cfg: Config, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def validate(cfg: Config) -> Config:
-    for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
-    for key in POSITIVE:
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"{key}: must be > 0; got {_get(cfg, key)!r}")
-    for key in NON_NEGATIVE:
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0; got {_get(cfg, key)!r}")
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p: must be in (0, 1]; got {cfg.rollout.top_p}")
-    if cfg.algorithm.advantage in ("grpo", "rloo") and cfg.rollout.samples_per_prompt < 2:
-        raise ConfigError(f"rollout.samples_per_prompt: {cfg.algorithm.advantage} needs >= 2 samples per prompt")
-    if cfg.recipe == "spoc" and cfg.rollout.samples_per_prompt < 2:
-        raise ConfigError("rollout.samples_per_prompt: spoc's message-wise RLOO needs >= 2 samples per prompt")
-    if cfg.reward.source == "reward_model" and not cfg.reward.model:
-        raise ConfigError("reward.model: reward.source=reward_model needs a reward-model folder (relayrl rm train)")
-    if cfg.reward.judge_url and cfg.reward.judge_model_path:
+def validate(cfg: Config, training: bool = True) -> Config:
+    """Every field and rule of `cfg`; `training` adds the train command's own (eval and tts may decode greedily)."""
+    check(cfg)
+    if training and cfg.rollout.temperature == 0:
+        # AIPO and PPO weigh each token by pi/mu, mu the policy rollouts are sampled from: greedy decoding is no
+        # such policy, and gives a prompt's samples one completion, so every GRPO or RLOO advantage is 0
         raise ConfigError(
-            "reward.judge_model_path: a judge is an endpoint (reward.judge_url) or a local model; not both"
+            f"rollout.temperature: must be > 0 for training; got {cfg.rollout.temperature}", "rollout.temperature"
         )
-    if cfg.reward.source == "judge" and not (cfg.reward.judge_url or cfg.reward.judge_model_path):
-        raise ConfigError(
-            "reward.judge_url: reward.source=judge needs an OpenAI-compatible endpoint URL"
-            " (or reward.judge_model_path: a judge model run in-process)"
-        )
-    if cfg.reward.judge_against == "sample" and cfg.reward.judge_kind != "pairwise":
-        raise ConfigError("reward.judge_against: sample compares two samples; it needs reward.judge_kind=pairwise")
-    if not cfg.tts.methods or set(cfg.tts.methods) - set(TTS_METHODS):
-        raise ConfigError(f"tts.methods: a list of {', '.join(TTS_METHODS)}; got {list(cfg.tts.methods)}")
-    uses_scorer = {"best_of_n", "weighted_majority", "pdr"} & set(cfg.tts.methods)
-    if uses_scorer and cfg.tts.scorer == "reward_model" and not cfg.reward.model:
-        raise ConfigError("reward.model: tts.scorer=reward_model needs a reward-model folder (relayrl rm train)")
-    uses_match = {"tournament", "pdr"} & set(cfg.tts.methods)
-    if uses_match and cfg.tts.match == "reward_model" and not cfg.reward.model:
-        raise ConfigError("reward.model: tts.match=reward_model needs a reward-model folder (relayrl rm train)")
-    if cfg.algorithm.drop_zero_advantage and cfg.algorithm.kl_coef > 0:
-        raise ConfigError(
-            "algorithm.drop_zero_advantage: with kl_coef > 0 a rollout of advantage 0 still has a KL gradient"
-        )
-    if cfg.recipe == "spoc" and cfg.reward.source != "task":
-        raise ConfigError("reward.source: recipe=spoc rewards each message with the task's verifier; use task")
-    if cfg.recipe == "spoc" and cfg.spoc.writer == "teacher" and not cfg.spoc.teacher:
-        raise ConfigError("spoc.teacher: writer=teacher needs a model (hub id or local folder)")
     return cfg
 
 
@@ -303,22 +204,81 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     return [a for a in args if a not in configs and a not in overrides], configs, overrides
 
 
-def load_config(paths: str | list[str] | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then each YAML file in order, then dotted overrides."""
-    return validate(merge(Config, paths, overrides))
+def load_config(
+    paths: str | list[str] | None = None, overrides: list[str] | None = None, training: bool = True
+) -> Config:
+    """Defaults, then each YAML file in order, then dotted overrides; validated (`training`: see `validate`)."""
+    return merge(Config, paths, overrides, lambda cfg: validate(cfg, training))
 
 
-def merge(schema: type, paths: str | list[str] | None, overrides: list[str] | None):
-    """A `schema` dataclass from its defaults, YAML files and dotted overrides; errors name the bad key."""
+def merge(
+    schema: type,
+    paths: str | list[str] | None,
+    overrides: list[str] | None,
+    validator: Callable[[Any], object] = check,
+) -> Any:
+    """A `schema` dataclass from its defaults, YAML files and dotted overrides, checked by `validator`. An error
+    names the field and, when it was set, where: `(file.yaml:7)` or `(command line)`."""
+    origin: dict[str, str] = {}  # dotted key -> where its value was last set
+    blame = "config"  # what an OmegaConf error that names no key is about: the file or override being merged
     try:
-        merged = OmegaConf.structured(schema)
+        merged = _defaults(schema)
         for path in [paths] if isinstance(paths, str) else paths or []:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
-        return OmegaConf.to_object(merged)
+            blame = path
+            layer, lines = _load_yaml(path)
+            origin |= {key: f"{path}:{line}" for key, line in lines.items()}
+            merged = OmegaConf.merge(merged, layer)
+        for override in overrides or []:
+            blame = override.partition("=")[0].strip()
+            origin[blame] = "command line"
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+        blame = "config"
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+        key = getattr(e, "full_key", None) or blame
+        raise _located(ConfigError(f"{key}: {str(e).splitlines()[0]}", key), origin) from None
+    try:
+        validator(cfg)
+    except ConfigError as e:
+        raise _located(e, origin) from None
+    return cfg
+
+
+@functools.cache
+def _defaults(schema: type) -> Any:
+    """The schema's defaults as OmegaConf's structured config: built once (most of a load's time); merges copy it."""
+    return OmegaConf.structured(schema)
+
+
+def _load_yaml(path: str) -> tuple[Any, dict[str, int]]:
+    """A YAML file as OmegaConf reads it, and the line of each of its dotted keys (OmegaConf keeps none). A
+    missing file or a syntax error is one line naming the file (and the line)."""
+    try:
+        text = Path(path).read_text()
+        root, layer = yaml.compose(text), OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {getattr(e, 'strerror', None) or e}", path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)  # an error at the end of the file marks the line after it
+        where = f"{path}:{min(mark.line + 1, len(text.splitlines()) or 1)}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}", path) from None
+    if root is not None and not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: not a mapping of settings (key: value)", path)
+    lines, todo = {}, [("", root)]
+    while todo:
+        prefix, node = todo.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value in node.value:
+                key = f"{prefix}{key_node.value}"
+                lines[key] = key_node.start_mark.line + 1
+                todo.append((f"{key}.", value))
+    return layer, lines
+
+
+def _located(err: ConfigError, origin: dict[str, str]) -> ConfigError:
+    """`err` with where its field was set (a list item's error: where its list was), if not left at the default."""
+    where = origin.get(err.key.split("[")[0])
+    return ConfigError(f"{err} ({where})", err.key) if where else err
 
 
 PRESETS = Path(__file__).parent / "tasks" / "presets"

@@ -14,11 +14,19 @@ import time
 from collections import deque
 from pathlib import Path
 
+from relayrl import build, phases
+from relayrl.algorithms.sequences import to_sequences
 from relayrl.config import Config
 from relayrl.evaluation import report
+from relayrl.evaluation.metrics import spoc_metrics
 from relayrl.rewards.judge import pair_samples
-from relayrl.run import Run, message_metrics, new_run_dir, open_run, to_sequences
-from relayrl.tracking import Tracker, read_jsonl
+from relayrl.rollout import Rollout, message_wise
+from relayrl.run import Run, new_run_dir, open_run, remove_unstarted
+from relayrl.tracking import Tracker, read_jsonl, restore
+
+
+class NonFiniteTraining(RuntimeError):
+    pass
 
 
 class StopFlag:
@@ -42,31 +50,48 @@ def train(cfg: Config | None = None, resume: Path | None = None, show_progress: 
     run_dir = resume or new_run_dir(cfg)
     cfg = open_run(run_dir) if resume else cfg
     print(f"relayrl run folder: {run_dir}")
-    run, stop = Run(cfg, run_dir, resume is not None), StopFlag()
     try:
-        run.prepare(stop, show_progress)  # SFT warm start and the recipe's phases (SPOC: PairSFT), if still to do
-        _loop(cfg, run, stop, show_progress)
-    finally:
-        stop.restore()
-    if run.state["step"] == cfg.steps:
-        final = run.last_eval
-        records = read_jsonl(run_dir / "metrics.jsonl")
-        report.write(run_dir, records, run.log_summary(records, final))
-        print(
-            f"held-out accuracy {run.state['heldout_start']:.1%} -> {final.accuracy:.1%}; report: {run_dir}/report.md"
-        )
-    else:
-        print(f"stopped at step {run.state['step']}; continue with: relayrl train --resume {run_dir}")
+        run = Run(cfg, run_dir, resume is not None)
+        if run.state and run.state.final and (run_dir / "summary.json").exists():
+            print(f"the run is finished ({run.state.step} steps); its report: {run_dir}/report.md")
+            return run_dir
+        stop = StopFlag()
+        try:
+            phases.prepare(run, stop, show_progress)  # SFT warm start and the recipe's phases, if still to do
+            if run.state.step < cfg.steps:
+                _loop(cfg, run, stop, show_progress)
+        finally:
+            stop.restore()
+    except BaseException:
+        if resume is None:
+            remove_unstarted(run_dir)
+        raise
+    if run.state.final is None:
+        print(f"stopped at step {run.state.step}; continue with: relayrl train --resume {run_dir}")
+        return run_dir
+    restore(run_dir / "metrics.jsonl", run.state.step, run.state.records)  # a resumed finished run: its last records
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    report.write(run_dir, records, phases.summary(run, records))
+    start, end = run.state.start.accuracy, run.state.final.accuracy
+    print(f"held-out accuracy {start:.1%} -> {end:.1%}; report: {run_dir}/report.md")
     return run_dir
 
 
+def message_metrics(rollouts: list[Rollout]) -> dict[str, float | None]:
+    """SPOC's metrics of rollouts rewarded message by message (nothing for others), as `train_*`."""
+    if not message_wise(rollouts):
+        return {}
+    return {f"train_{k}": v for k, v in spoc_metrics([r.message_rewards() for r in rollouts]).items()}
+
+
 def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
-    trainer, generator, scorer = run.trainer(), run.generator(), run.scorer()
-    step, counters = run.state["step"], run.state["counters"]
+    trainer, generator, scorer = build.trainer(run), build.generator(run), build.scorer(run)
+    state, counters = run.state, run.state.counters
     depth = cfg.max_staleness + 1 if cfg.mode == "async" else 1
-    pending = deque(run.state["pending"])  # generated before a checkpoint, not yet trained on
-    next_batch = step + len(pending)
-    tracker = Tracker(run.dir, step, cfg.steps, show_progress)
+    pending = deque(state.pending)  # generated before a checkpoint, not yet trained on
+    next_batch = state.step + len(pending)
+    tracker = Tracker(run.dir, state.step, cfg.steps, state.records, show_progress)
+    records: list[dict] = []  # since the last checkpoint, which will hold them
 
     def submit_up_to(limit: int) -> None:
         nonlocal next_batch
@@ -75,45 +100,46 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             next_batch += 1
 
     def checkpoint() -> None:
-        nonlocal saved
-        while next_batch - step - len(pending) > 0:  # drain what is in flight into the checkpoint
+        nonlocal saved, records
+        while next_batch - state.step - len(pending) > 0:  # drain what is in flight into the checkpoint
             pending.append(generator.collect())
         trainer.copy_to(run.model)
-        run.save(
-            f"step_{step:06d}", step=step, pending=list(pending), optimizer=trainer.state_dict(), counters=counters
-        )
-        saved = step
+        state.pending, state.records = list(pending), records
+        run.save(f"step_{state.step:06d}", trainer.state_dict())
+        saved, records = state.step, []
 
-    saved = step
+    saved = state.step
     weight_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
-    generator.publish(trainer.weights(), step)
-    submit_up_to(step + depth)
+    generator.publish(trainer.weights(), state.step)
+    submit_up_to(state.step + depth)
     try:
-        while step < cfg.steps and not stop.requested:
+        while state.step < cfg.steps and not stop.requested:
             t0 = time.perf_counter()
             rollouts, gen_seconds = pending.popleft() if pending else generator.collect()
             t1 = time.perf_counter()
-            fresh = [r for r in rollouts if step - r.version <= cfg.max_staleness]
+            fresh = [r for r in rollouts if state.step - r.version <= cfg.max_staleness]
             if cfg.reward.pairs_samples:
                 pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
             reward_stats = scorer.score(fresh)
             a = cfg.algorithm
             seqs = to_sequences(fresh, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage)
             metrics = trainer.step(seqs)
+            _count_nonfinite(state, metrics, cfg.optim.max_nonfinite_steps)
             if a.drop_zero_advantage:  # with incomplete groups (stale rollouts dropped) also left out
                 metrics["untrained_rollouts"] = len(fresh) - len(seqs)
-            step += 1
+            state.step += 1
             t2 = time.perf_counter()
-            counters["dropped_stale"] += len(rollouts) - len(fresh)
-            counters["reward_failures"] += int(reward_stats["reward_timeouts"] + reward_stats["reward_errors"])
-            counters["trained_tokens"] += int(metrics["trained_tokens"])
-            counters["rollouts_trained"] += len(fresh)
+            counters.dropped_stale += len(rollouts) - len(fresh)
+            counters.reward_failures += int(reward_stats["reward_timeouts"] + reward_stats["reward_errors"])
+            counters.trained_tokens += int(metrics["trained_tokens"])
+            counters.rollouts_trained += len(seqs)
             metrics |= reward_stats | {
                 "reward": sum(r.reward for r in fresh) / len(fresh),
                 "completion_length": sum(len(r.completion_ids) for r in fresh) / len(fresh),
-                "staleness": sum(step - 1 - r.version for r in fresh) / len(fresh),
-                "dropped_stale": counters["dropped_stale"],
-                "rollouts_trained": counters["rollouts_trained"],
+                "staleness": sum(state.step - 1 - r.version for r in fresh) / len(fresh),
+                "dropped_stale": counters.dropped_stale,
+                "rollouts_trained": counters.rollouts_trained,
+                "nonfinite_steps": counters.nonfinite_steps,
                 "gen_seconds": gen_seconds,
                 "wait_seconds": t1 - t0,
                 "train_seconds": t2 - t1,
@@ -124,22 +150,42 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
             metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
             if cfg.executors == "ray" and fresh:
                 metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                checkpoint()
             t3 = time.perf_counter()
-            generator.publish(trainer.weights(), step)
+            generator.publish(trainer.weights(), state.step)
             sync = time.perf_counter() - t3
             metrics |= {"sync_seconds": sync, "sync_bytes": weight_bytes, "sync_share": sync / (t2 - t0 + sync)}
-            submit_up_to(step + depth)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            submit_up_to(state.step + depth)
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 trainer.copy_to(run.model)
-                metrics |= run.heldout_metrics()
-            counters["rl_seconds"] += time.perf_counter() - t0
-            tracker.log(step, metrics)
-        if stop.requested and saved != step:  # Ctrl-C came after this step's checkpoint decision
+                score, heldout_metrics = phases.heldout(run)
+                metrics |= heldout_metrics
+                if state.step == cfg.steps:
+                    state.final = score
+            counters.rl_seconds += time.perf_counter() - t0
+            record = {"step": state.step, **metrics}
+            records.append(record)
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps or stop.requested:
+                checkpoint()  # before the record is logged: a kill in between loses nothing (it is replayed)
+            tracker.log(record)
+        if stop.requested and saved != state.step:  # Ctrl-C came after this step's checkpoint decision
             checkpoint()
     finally:
         tracker.close()
         generator.close()
         scorer.close()
         trainer.close()
+
+
+def _count_nonfinite(state, metrics: dict, limit: int) -> None:
+    """The trainer skipped a step whose loss or gradient was not finite: count it; stop after `limit` in a row."""
+    if not metrics["skipped_nonfinite"]:
+        state.nonfinite_in_a_row = 0
+        return
+    state.counters.nonfinite_steps += 1
+    state.nonfinite_in_a_row += 1
+    print(f"step {state.step + 1}: non-finite loss or gradient (loss {metrics['loss']}); update skipped")
+    if state.nonfinite_in_a_row >= limit:
+        raise NonFiniteTraining(
+            f"{limit} steps in a row had a non-finite loss or gradient (optim.max_nonfinite_steps); the last"
+            f" checkpoint holds the run before them. Lower optim.lr, check the reward values, or raise the limit"
+        )

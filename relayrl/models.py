@@ -77,29 +77,50 @@ def load_model_and_tokenizer(
     tokenizer = load_tokenizer(name_or_path)
     if name_or_path in TINY_ARCHS:
         return build_tiny_model(name_or_path, tokenizer, size or TinySize(), seed), tokenizer
-    return AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=dtype), tokenizer
+    return _pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype), tokenizer
+
+
+def missing_folder(name_or_path: str) -> str | None:
+    """Why `name_or_path` names nothing loadable, if that is plain without looking it up: not a builtin, and no
+    local folder where a hub id (org/name, one slash, not starting with . / or ~) could not be meant either."""
+    if name_or_path in TINY_ARCHS or Path(name_or_path).expanduser().exists():
+        return None
+    if "/" not in name_or_path:
+        builtins = ", ".join(sorted(TINY_ARCHS))
+        return f"{name_or_path!r} is neither a local folder, a hub id (org/name) nor a builtin ({builtins})"
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        return f"no folder {name_or_path} (a hub id is org/name, and needs network)"
+    return None
 
 
 def resolve(name_or_path: str) -> str:
     """A local folder (`~` expanded; a run's `checkpoints/latest` pointer read) or a hub id; anything else is an
     error naming the field."""
+    if problem := missing_folder(name_or_path):
+        raise ValueError(f"model.name_or_path: {problem}")
     if name_or_path.startswith("~"):
         name_or_path = str(Path(name_or_path).expanduser())
     if Path(name_or_path).is_file() and Path(name_or_path).name == "latest":  # it names the newest checkpoint
         name_or_path = str(Path(name_or_path).parent / Path(name_or_path).read_text().strip())
-    if not Path(name_or_path).exists() and "/" not in name_or_path:
-        raise ValueError(
-            f"model.name_or_path: {name_or_path!r} is neither a local folder, a hub id (org/name) "
-            f"nor a builtin ({', '.join(sorted(TINY_ARCHS))})"
-        )
     return name_or_path
+
+
+def _pretrained(auto, name_or_path: str, **kwargs):
+    """`auto.from_pretrained` of a folder or hub id; one that cannot be loaded (no network, no such hub model, a
+    folder without the files) is one line naming the field, not the hub client's traceback."""
+    path = resolve(name_or_path)
+    try:
+        return auto.from_pretrained(path, **kwargs)
+    except OSError as e:
+        hub = "" if Path(path).exists() else " (hub ids need network)"
+        raise ValueError(f"model.name_or_path: cannot load {name_or_path}{hub}: {str(e).splitlines()[0]}") from None
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The builtin character tokenizer, or the model's own, with a pad token (its EOS if it has none)."""
     if name_or_path in TINY_ARCHS:
         return build_char_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    tokenizer = _pretrained(AutoTokenizer, name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -21,13 +21,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def restore(path: Path, step: int, replay: list[dict]) -> None:
+    """metrics.jsonl as of the checkpoint of `step`: the records before `replay` (the checkpoint's own, since the
+    previous one) as the file has them, then `replay`; a resumed run recomputes everything after."""
+    first = replay[0]["step"] if replay else step + 1
+    kept = [r for r in read_jsonl(path) if r["step"] < first]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in [*kept, *replay]))
+    tmp.replace(path)
+
+
 class Tracker:
-    def __init__(self, run_dir: Path, start_step: int, total_steps: int, show: bool = True):
+    def __init__(self, run_dir: Path, start_step: int, total_steps: int, replay: list[dict], show: bool = True):
         self.path = run_dir / "metrics.jsonl"
-        # a resumed run recomputes everything after its checkpoint: drop those records
-        kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        restore(self.path, start_step, replay)
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 - len(replay))
+        for record in replay:
+            self._scalars(record)
         self.progress = Progress(
             TextColumn("[bold]RL"),
             BarColumn(),
@@ -41,16 +51,18 @@ class Tracker:
         self.last: dict = {}
         self.progress.start()
 
-    def log(self, step: int, metrics: dict) -> None:
-        record = {"step": step, **metrics}
+    def log(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        for k, v in metrics.items():
-            if isinstance(v, int | float):
-                self.tb.add_scalar(k, v, step)
-        self.last.update(metrics)
+        self._scalars(record)
+        self.last.update(record)
         info = "  ".join(fmt.format(self.last[k]) for k, fmt in SHOWN if k in self.last)
-        self.progress.update(self.task, completed=step, info=info)
+        self.progress.update(self.task, completed=record["step"], info=info)
+
+    def _scalars(self, record: dict) -> None:
+        for k, v in record.items():
+            if k != "step" and isinstance(v, int | float):
+                self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
         self.progress.stop()

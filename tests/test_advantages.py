@@ -37,9 +37,9 @@ def test_reinforce_batch_baseline():
 def test_dropping_zero_advantage_rollouts_rescales_the_gradient_only():
     """A group all right adds no gradient; without it the token mean's denominator shrinks, so the gradient is
     the full batch's times (all tokens / kept tokens) and every kept token's advantage is unchanged."""
+    from relayrl.algorithms.sequences import to_sequences
     from relayrl.models import TinySize, load_model_and_tokenizer
     from relayrl.rollout import Rollout
-    from relayrl.run import to_sequences
     from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Trainer
 
     def rollout(prompt: int, sample: int, reward: float, length: int) -> Rollout:

@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
+from relayrl import build
 from relayrl.cli import main
 from relayrl.config import load_config
 from relayrl.models import TinySize, load_model_and_tokenizer
@@ -120,16 +121,18 @@ def test_scorer_averages_m_sampled_critiques_with_a_seed(tmp_path):
     model = CriticRewardModel.from_pretrained(str(tmp_path))
     prompt, response = "Q:3+4\nA:", "3+4=7\n#7"
     rewards, contexts, critiques = model.sampled_rewards([(prompt, response)], 3, torch.Generator().manual_seed(5))
-    one_by_one = [model([c], [k], lm_loss=False)[0].item() for c, k in zip(contexts, critiques, strict=True)]
+    one_by_one = [
+        model([c], [k.completion_ids], lm_loss=False)[0].item() for c, k in zip(contexts, critiques, strict=True)
+    ]
     assert rewards[0].tolist() == pytest.approx(one_by_one, abs=1e-5)  # padding does not change a reward
 
     scorer = RewardModelScorer(str(tmp_path), critiques=3, seed=5)
     assert scorer(response, "7", prompt) == pytest.approx(sum(one_by_one) / 3, abs=1e-5)
     assert scorer(response, "7", prompt) == RewardModelScorer(str(tmp_path), critiques=3, seed=5)(response, "7", prompt)
-    assert scorer.tokens(response, prompt) == 3 * len(contexts[0]) + sum(len(k) + 1 for k in critiques)
+    assert scorer.tokens(response, prompt) == 3 * len(contexts[0]) + sum(len(k.completion_ids) + 1 for k in critiques)
     default = RewardModelScorer(str(tmp_path), seed=5)  # M from the folder: critiques=2
     assert default(response, "7", prompt) == pytest.approx(model.score(prompt, response, 0, 5)[0], abs=1e-6)
     assert RewardModelScorer(str(tmp_path), seed=6)(response, "7", prompt) != default(response, "7", prompt)
 
     run = load_config(overrides=["reward.source=reward_model", f"reward.model={tmp_path}", "reward.critiques=3"])
-    assert run.reward_fn(run.task.build()) == RewardModelScorer(str(tmp_path), critiques=3)
+    assert build.reward_fn(run, build.task(run)) == RewardModelScorer(str(tmp_path), critiques=3)

@@ -1,7 +1,9 @@
 import json
+import re
 
 import pytest
 
+from relayrl import build
 from relayrl.config import load_config
 from relayrl.tasks.dataset import DatasetConfig, DatasetTask, final_answer, score_final_answer
 
@@ -48,7 +50,7 @@ def test_final_answer_reading():
 def test_dataset_task_from_config(tmp_path):
     path = _write(tmp_path, GOOD)
     cfg = load_config(None, ["task.name=dataset", f"task.dataset.path={path}"])
-    assert len(cfg.task.build().heldout()) == 2
+    assert len(build.task(cfg).heldout()) == 2
 
 
 def test_heldout_file_is_held_out_and_evaluation_only_tasks_refuse_training(tmp_path):
@@ -85,3 +87,29 @@ def test_dataset_scorers():
     assert math_extract("... #### 1,234") == "1,234" and math_scorer("... #### 1,234", "1234") == 1.0
     exact_scorer, _ = SCORERS["exact"]
     assert exact_scorer("so 1/2", "#### 0.5") == 0.0
+
+
+def test_a_malformed_jsonl_line_is_named_by_its_line_number(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    lines = [json.dumps(r) for r in GOOD[:5]]
+    lines[2] = '{"question": "What is 2+1?", "answer": 3'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"^task\.dataset\.path: {re.escape(str(path))} line 3 is not JSON: "):
+        DatasetTask(DatasetConfig(path=str(path)))
+    no_question = _write(tmp_path, [*GOOD[:4], {"answer": "#### 5"}, *GOOD[4:8]])
+    with pytest.raises(ValueError, match="1 bad rows") as err:
+        DatasetTask(DatasetConfig(path=no_question))
+    assert "row 5: field 'question' is missing" in str(err.value)
+
+
+def test_each_epoch_order_follows_the_seed(tmp_path):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in GOOD[:3]))
+
+    def epoch(seed: int, e: int) -> list:
+        task = DatasetTask(DatasetConfig(path=_write(tmp_path, GOOD), heldout=str(heldout), seed=seed))
+        return [task.train_item(e * 17 + i).prompt for i in range(17)]
+
+    assert epoch(0, 0) == epoch(0, 0) and sorted(epoch(0, 0)) == sorted(epoch(1, 0))  # the same 17 rows
+    assert epoch(0, 0) != epoch(1, 0) and epoch(0, 1) != epoch(1, 1)  # in the seed's order
+    assert epoch(0, 0) != epoch(0, 1)  # a new order each epoch

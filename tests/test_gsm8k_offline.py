@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from relayrl import build
 from relayrl.config import load_config, task_preset
 from relayrl.tasks import gsm8k_offline as g
 
@@ -111,7 +112,7 @@ def test_wheel_with_another_hash_is_refused(offline, monkeypatch):
 def test_preset_reads_the_offline_source_through_the_dataset_task(offline):
     from relayrl.rewards.math_answer import math_scorer
 
-    task = load_config([task_preset("gsm8k_offline")]).task.build()
+    task = build.task(load_config([task_preset("gsm8k_offline")]))
     items = sorted(task.heldout(), key=lambda it: it.answer)
     assert [it.answer.rsplit("#### ", 1)[1] for it in items] == ["6", "7"]
     assert items[0].prompt[0]["content"].startswith("Bo runs 2 km a day.")

@@ -7,7 +7,9 @@ import urllib.request
 
 import pytest
 
+from relayrl import build
 from relayrl.config import ConfigError, load_config
+from relayrl.generation.chat import ChatModel
 from relayrl.rewards.judge import (
     PairwiseJudge,
     PointwiseJudge,
@@ -18,11 +20,11 @@ from relayrl.rewards.judge import (
 )
 from relayrl.rewards.verifier import RewardConfig, VerifierScorer, reward_args
 from relayrl.rollout import Rollout
-from relayrl.serve import ChatModel, make_server
+from relayrl.serve import make_server
 
 
 def _serve(name_or_path: str):
-    srv = make_server(ChatModel(name_or_path, max_new_tokens=16), port=0)
+    srv = make_server(ChatModel(name_or_path), port=0, max_new_tokens=16)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
     srv.shutdown()
@@ -197,7 +199,7 @@ def test_judge_config_names_the_field():
         with pytest.raises(ConfigError, match=field):
             load_config(None, overrides)
     cfg = load_config(None, ["reward.source=judge", "reward.judge_model_path=tiny-llama", "reward.judge_kind=pairwise"])
-    assert isinstance(cfg.reward_fn(cfg.task.build()), PairwiseJudge)
+    assert isinstance(build.reward_fn(cfg, build.task(cfg)), PairwiseJudge)
 
 
 def test_a_run_rewarded_by_an_in_process_pairwise_judge_against_other_samples(tiny, tmp_path, verdict_judge):

@@ -81,6 +81,8 @@ def test_reference_answer_reads_bare_answers_and_marked_solutions():
         ("1,000", "1000", True),
         ("1{,}000", "1000", True),
         ("3.0", "3", True),
+        ("-1,234.50", "-1234.5", True),
+        ("+7", "7", True),
         ("-\\frac{3}{4}", "-0.75", True),
         ("0.333333", r"\frac{1}{3}", True),  # math-verify rounds to 6 places when one side is a decimal
         (r"\$18", "18", True),

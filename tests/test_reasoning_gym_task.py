@@ -4,6 +4,7 @@ import pickle
 import pytest
 import reasoning_gym
 
+from relayrl import build
 from relayrl.config import load_config
 from relayrl.rewards.verifier import RewardConfig, VerifierScorer
 from relayrl.rollout import Rollout
@@ -118,7 +119,7 @@ def test_from_config_and_its_errors():
             "task.reasoning_gym.heldout_size=5",
         ],
     )
-    task = cfg.task.build()
+    task = build.task(cfg)
     assert task.name == "reasoning_gym/basic_arithmetic" and len(task.heldout()) == 5
     assert task.stop_strings == ("</answer>",)
     with pytest.raises(ValueError, match="unknown generator"):

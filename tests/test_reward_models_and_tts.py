@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from relayrl.algorithms.reward_losses import bradley_terry, critic_rm, critic_weight
+from relayrl.algorithms.reward_losses import bradley_terry, critic_rm, critic_weight, preference_probability
 from relayrl.rewards.critique_filter import Critique, FilterStats, best_critiques
 from relayrl.tts.pdr import parallel_distill_refine
 from relayrl.tts.tournament import tournament
@@ -19,6 +19,29 @@ def test_bradley_terry_and_critic_rm_losses_by_hand():
     assert bradley_terry(chosen, rejected).item() == pytest.approx(bt, rel=1e-6)
     assert critic_rm(torch.tensor(2.0), chosen, rejected, 0.25).item() == pytest.approx(0.75 * 2.0 + 0.25 * bt)
     assert [critic_weight(s, 5) for s in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("margin", "expected"),
+    [
+        (0.0, 0.5),
+        (2.0, 1 / (1 + math.exp(-2))),
+        (-2.0, 1 / (1 + math.exp(2))),
+        *[(big, 1.0) for big in (1000.0, 1e30, math.inf)],
+        *[(-big, 0.0) for big in (1000.0, 1e30, math.inf)],
+    ],
+)
+def test_preference_probability_is_stable_at_extreme_margins(margin, expected):
+    assert preference_probability(margin) == pytest.approx(expected, abs=1e-15)
+
+
+def test_bradley_terry_is_finite_at_extreme_logits():
+    big = torch.tensor([1000.0, 1e30, 1e30])
+    assert bradley_terry(big, -big).item() == 0.0  # sure and right: no loss, no overflow
+    assert bradley_terry(torch.tensor([-1000.0]), torch.tensor([1000.0])).item() == pytest.approx(2000.0)
+    assert bradley_terry(torch.tensor([-1e30]), torch.tensor([1e30])).item() == pytest.approx(2e30)
+    assert bradley_terry(torch.tensor([math.inf]), torch.tensor([0.0])).item() == 0.0
+    assert bradley_terry(torch.tensor([-math.inf]), torch.tensor([0.0])).item() == math.inf  # certain and wrong
 
 
 def test_critique_filter_keeps_the_most_decided_agreeing_critique():

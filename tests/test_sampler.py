@@ -1,6 +1,7 @@
 import torch
 
-from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
+from relayrl.generation.chat import ChatModel
+from relayrl.generation.sampler import SamplingConfig, encode_prompt, prompt_text, sample, sample_texts
 from relayrl.models import TinySize, load_model_and_tokenizer
 
 
@@ -83,3 +84,28 @@ def test_rows_that_finish_leave_the_batch_without_changing_the_others():
         ids = torch.tensor([p + s.completion_ids])
         expected = model(ids).logits[0, len(p) - 1 : -1].log_softmax(-1).gather(-1, ids[0, len(p) :, None])
         assert torch.allclose(expected.squeeze(-1), torch.tensor(s.logprobs), atol=1e-5)
+
+
+def test_sample_texts_decodes_each_completion_and_counts_its_tokens():
+    model, tok = _model()
+    prompts = [encode_prompt(tok, "Q:1+2\nA:"), encode_prompt(tok, "Q:12+34-5\nA:")] * 2
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    samples = sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(1))
+    texts = sample_texts(model, tok, prompts, cfg, torch.Generator().manual_seed(1))
+    for p, s, c in zip(prompts, samples, texts, strict=True):
+        assert c.text == tok.decode(s.completion_ids, skip_special_tokens=True)
+        assert (c.completion_ids, c.finish_reason) == (s.completion_ids, s.finish_reason)
+        assert (c.prompt_tokens, c.total_tokens) == (len(p), len(p) + len(s.completion_ids))
+    assert prompt_text(tok, "Q:1+2\nA:") == "Q:1+2\nA:"  # special tokens (BOS) dropped
+
+
+def test_chat_model_replies_to_messages_with_a_seed():
+    model, tok = _model()
+    chat = ChatModel("tiny", model=model, tokenizer=tok)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q:1+2"}]
+    ids = chat.prompt_ids(messages)
+    assert tok.chat_template or ids == encode_prompt(tok, "Be brief.\nQ:1+2")  # no template: one line each
+    cfg = SamplingConfig(max_new_tokens=6, temperature=1.0)
+    reply = chat.reply(messages, cfg, seed=4)
+    assert reply == sample_texts(model, tok, [ids], cfg, torch.Generator().manual_seed(4))[0]
+    assert reply == chat.reply(messages, cfg, seed=4) and reply.prompt_tokens == len(ids)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from relayrl import build
 from relayrl.config import load_config
 from relayrl.controller import train
 from relayrl.evaluation.evaluate import evaluate
@@ -124,8 +125,8 @@ def test_trained_checkpoint_reloads_with_transformers(tiny, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     cfg = load_config(str(run_dir / "config.yaml"))
-    task = cfg.task.build()
-    result = evaluate(model, tokenizer, task.heldout(), task.scorer, cfg.sampling(task.stop_strings))
+    task = build.task(cfg)
+    result = evaluate(model, tokenizer, task.heldout(), task.scorer, build.sampling(cfg, task.stop_strings))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result.accuracy == summary["heldout_accuracy_end"]
     assert {

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from relayrl import build
 from relayrl.cli import main
 from relayrl.config import TTS_METHODS
 
@@ -72,7 +73,7 @@ def test_a_reward_model_decides_tournaments_by_bradley_terry(tiny, tmp_path):
     model, tokenizer = load_model_and_tokenizer(
         "tiny-llama", TinySize(cfg.model.hidden, cfg.model.layers, cfg.model.heads), 0
     )
-    methods, task = Methods(cfg, cfg.task.build(), model, tokenizer), cfg.task.build()
+    methods, task = Methods(cfg, build.task(cfg), model, tokenizer), build.task(cfg)
     for item in task.heldout()[:3]:
         picks = methods.item(item, ["best_of_n", "tournament"])
         (best, scored), (winner, cost) = picks["best_of_n"], picks["tournament"]

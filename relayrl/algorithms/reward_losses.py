@@ -10,8 +10,12 @@ import torch.nn.functional as F
 
 def preference_probability(margin: float) -> float:
     """Bradley-Terry: the probability that a response is preferred, from its reward's margin over the other's
-    (over 0: a lone reward model logit read as a probability)."""
-    return 1 / (1 + math.exp(-margin))
+    (over 0: a lone reward model logit read as a probability). exp only of a non-positive number, which cannot
+    overflow, so any logit gives a probability in [0, 1]."""
+    if margin >= 0:
+        return 1 / (1 + math.exp(-margin))
+    z = math.exp(margin)
+    return z / (1 + z)
 
 
 def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

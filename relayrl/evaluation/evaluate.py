@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, spoc_metrics, wilson_interval
-from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
+from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample_texts
 from relayrl.tasks.base import Item, Scorer
 
 
@@ -50,8 +50,7 @@ def evaluate(
     gen = torch.Generator().manual_seed(seed)
 
     def run(prompts: list[list[int]], cfg: SamplingConfig) -> list[str]:
-        done = sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, gen, tokenizer.decode)
-        return [tokenizer.decode(s.completion_ids, skip_special_tokens=True) for s in done]
+        return [c.text for c in sample_texts(model, tokenizer, prompts, cfg, gen)]
 
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]

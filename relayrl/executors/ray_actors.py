@@ -32,7 +32,7 @@ from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
 from relayrl.executors.ray_config import RayConfig
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import SamplingConfig
-from relayrl.rewards.verifier import RewardConfig, RewardFn, assign_result, reward_args, takes_prompt
+from relayrl.rewards.verifier import RewardConfig, RewardError, RewardFn, assign_result, reward_args, takes_prompt
 from relayrl.rollout import Rollout
 from relayrl.training.trainer import Sequence, Trainer
 
@@ -298,7 +298,9 @@ class RayScorer:
             for fut in done:
                 r, i, _ = running.pop(fut)
                 try:
-                    assign_result(r, ray.get(fut))
+                    assign_result(r, ray.get(fut), self.scorer)
+                except RewardError:
+                    raise  # a bug in the reward function: end the run, never count it
                 except RayActorError:
                     self._replace(i)
                     deaths[id(r)] = deaths.get(id(r), 0) + 1

@@ -54,6 +54,12 @@ def encode_prompt(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def prompt_text(tokenizer, prompt: str | Sequence[dict]) -> str:
+    """The prompt as the model reads it (through the chat template), without special tokens: the question a
+    judge or reward model is shown."""
+    return tokenizer.decode(encode_prompt(tokenizer, prompt), skip_special_tokens=True)
+
+
 def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row by inverting the CDF: one uniform per row (multinomial draws one per vocabulary entry,
     a sixth of a SmolLM2 decode step)."""
@@ -141,4 +147,37 @@ def sample(
             done = done[keep]
     return [
         Sample(out_ids[i, : lengths[i]].tolist(), out_lp[i, : lengths[i]].tolist(), reasons[i]) for i in range(batch)
+    ]
+
+
+@dataclass
+class Completion:
+    """A sampled completion as a reader sees it: its text and what it cost in tokens."""
+
+    text: str  # decoded without special tokens
+    completion_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens, as an endpoint's `usage.total_tokens` counts them."""
+        return self.prompt_tokens + len(self.completion_ids)
+
+
+def sample_texts(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: list[list[int]],
+    cfg: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> list[Completion]:
+    """`sample` one completion per prompt and decode it: what evaluation, test-time scaling, judges and serving
+    read (training reads `sample`'s ids and log-probabilities instead)."""
+    done = sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, tokenizer.decode)
+    return [
+        Completion(
+            tokenizer.decode(s.completion_ids, skip_special_tokens=True), s.completion_ids, len(p), s.finish_reason
+        )
+        for p, s in zip(prompts, done, strict=True)
     ]

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 import torch
 from rich.progress import track
 
+from relayrl import phases
+from relayrl.algorithms.sequences import Sequence
 from relayrl.generation.messages import RESTART, Span, SpocFormat, token_messages
-from relayrl.generation.sampler import encode_prompt, sample
+from relayrl.generation.sampler import encode_prompt, sample_texts
 from relayrl.rewards.spoc import TeacherWriter, VerificationWriter, step_template
+from relayrl.state import RunState
 from relayrl.tasks.base import Item, Scorer
-from relayrl.training.trainer import Sequence
 
 if TYPE_CHECKING:
     from relayrl.run import Run
@@ -38,6 +40,12 @@ class PairSFTError(ValueError):
 class PairExample:
     prompt: str | tuple[dict, ...]
     messages: list[tuple[str, str, bool]]  # (role, text, trained); concatenated they make the completion
+
+    @classmethod
+    def from_json(cls, data: dict) -> PairExample:
+        """From a checkpoint's run state, where tuples were saved as lists."""
+        prompt = data["prompt"] if isinstance(data["prompt"], str) else tuple(data["prompt"])
+        return cls(prompt, [tuple(m) for m in data["messages"]])
 
 
 def build_pair_sft(
@@ -93,9 +101,9 @@ def sample_pair_sft(run: Run, show_progress: bool) -> tuple[list[PairExample], d
     for b in track(range(0, len(items), per_batch), description="PairSFT sampling", disable=not show_progress):
         chunk = items[b : b + per_batch]
         prompts = [encode_prompt(tok, it.prompt) for it in chunk for _ in range(s.pair_samples)]
-        out = sample(run.model, prompts, single, tok.eos_token_id, tok.pad_token_id, gen, tok.decode)
+        out = sample_texts(run.model, tok, prompts, single, gen)
         tokens += sum(len(o.completion_ids) for o in out)
-        texts = [tok.decode(o.completion_ids, skip_special_tokens=True) for o in out]
+        texts = [o.text for o in out]
         texts = [t[: fmt.parse(t)[0].end] for t in texts]  # a model that already verifies: its first solution
         solutions += [texts[i : i + s.pair_samples] for i in range(0, len(texts), s.pair_samples)]
     examples = build_pair_sft(items, solutions, run.task.scorer, writer(run), fmt)
@@ -120,23 +128,20 @@ def prepare(run: Run, stop, show_progress: bool) -> None:
     """SFT warm start and PairSFT data (checkpoint `pair_sft`), PairSFT, then the RL state (checkpoint `sft`)."""
     t0 = time.perf_counter()
     if run.state is None:
-        run.warm_start(stop, show_progress)
+        phases.warm_start(run, stop, show_progress)
         examples, stats = sample_pair_sft(run, show_progress)
-        run.state = {"phase": "pair_sft", "pair_sft_data": examples, "pair_sft": stats}
-        run.save("pair_sft", sft_seconds=time.perf_counter() - t0)
+        data = [dataclasses.asdict(e) for e in examples]
+        run.state = RunState("pair_sft", sft_seconds=time.perf_counter() - t0, pair_sft=stats, pair_sft_data=data)
+        run.save("pair_sft")
         t0 = time.perf_counter()
-    if run.state["phase"] != "pair_sft":
+    if run.state.phase != "pair_sft":
         return
-    seqs = [to_sequence(e, run.tokenizer) for e in run.state["pair_sft_data"]]
+    seqs = [to_sequence(PairExample.from_json(e), run.tokenizer) for e in run.state.pair_sft_data]
     random.Random(run.cfg.seed).shuffle(seqs)
-    bs = run.cfg.sft.batch_size
-    s = run.cfg.spoc
-    run.supervise(
-        lambda step: [seqs[(step * bs + i) % len(seqs)] for i in range(bs)],
-        s.pair_sft_steps,
-        s.pair_sft_lr,
-        "PairSFT",
-        stop,
-        show_progress,
-    )
-    run.start_rl(run.state["sft_seconds"] + time.perf_counter() - t0, pair_sft=run.state["pair_sft"])
+    bs, s = run.cfg.sft.batch_size, run.cfg.spoc
+
+    def batch(step: int) -> list[Sequence]:
+        return [seqs[(step * bs + i) % len(seqs)] for i in range(bs)]
+
+    phases.supervise(run, batch, s.pair_sft_steps, s.pair_sft_lr, "PairSFT", stop, show_progress)
+    phases.start_rl(run, run.state.sft_seconds + time.perf_counter() - t0, pair_sft=run.state.pair_sft)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
+from relayrl.generation.sampler import Completion, SamplingConfig, encode_prompt, sample_texts
 from relayrl.models import load_tokenizer
 from relayrl.training.trainer import Sequence, collate
 
@@ -58,15 +58,15 @@ def write_critiques(
     cfg: CriticConfig,
     generator: torch.Generator,
     batch: int = 256,
-) -> list[list[int]]:
-    """One sampled critique per context, as token ids without the closing EOS."""
+) -> list[Completion]:
+    """One sampled critique per context, its ids without the closing EOS (the reward head's pass appends one)."""
     lm.eval()
-    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature)
-    eos, out = tokenizer.eos_token_id, []
+    sampling, out = SamplingConfig(cfg.max_new_tokens, cfg.temperature), []
     for i in range(0, len(contexts), batch):
-        done = sample(lm, contexts[i : i + batch], sampling, eos, tokenizer.pad_token_id, generator)
-        out += [s.completion_ids[:-1] if s.finish_reason == "stop" else s.completion_ids for s in done]
-    return out
+        out += sample_texts(lm, tokenizer, contexts[i : i + batch], sampling, generator)
+    return [
+        dataclasses.replace(c, completion_ids=c.completion_ids[:-1]) if c.finish_reason == "stop" else c for c in out
+    ]
 
 
 class CriticRewardModel(torch.nn.Module):
@@ -108,15 +108,14 @@ class CriticRewardModel(torch.nn.Module):
     @torch.no_grad()
     def sampled_rewards(
         self, responses: list[tuple[str, str]], m: int, generator: torch.Generator, batch: int = 256
-    ) -> tuple[torch.Tensor, list[list[int]], list[list[int]]]:
+    ) -> tuple[torch.Tensor, list[list[int]], list[Completion]]:
         """The rewards of m critiques it samples of each (prompt, response), shape (len(responses), m); and the
-        contexts and critiques (ids), m per response in order."""
+        contexts (ids) and critiques, m per response in order."""
         contexts = [self.context(p, r) for p, r in responses for _ in range(m)]
         critiques = write_critiques(self.lm, self.tokenizer, contexts, self.cfg, generator, batch)
+        ids = [c.completion_ids for c in critiques]
         self.eval()
-        rewards = [
-            self(contexts[i : i + batch], critiques[i : i + batch], False)[0] for i in range(0, len(contexts), batch)
-        ]
+        rewards = [self(contexts[i : i + batch], ids[i : i + batch], False)[0] for i in range(0, len(contexts), batch)]
         return torch.cat(rewards).view(len(responses), m), contexts, critiques
 
     def score(self, prompt: str, response: str, m: int = 0, seed: int = 0) -> tuple[float, int]:
@@ -125,7 +124,7 @@ class CriticRewardModel(torch.nn.Module):
         rewards, contexts, critiques = self.sampled_rewards(
             [(prompt, response)], m or self.cfg.critiques, torch.Generator().manual_seed(seed)
         )
-        return rewards.mean().item(), sum(len(c) for c in contexts) + sum(len(c) + 1 for c in critiques)
+        return rewards.mean().item(), sum(len(c) for c in contexts) + sum(len(c.completion_ids) + 1 for c in critiques)
 
     def save_pretrained(self, out: Path) -> None:
         self.lm.save_pretrained(out)

@@ -1,8 +1,8 @@
 """LLM-judge rewards: a pointwise score or a pairwise preference, from an endpoint or a model run in-process.
 
 A judge talks to any OpenAI-compatible chat-completions endpoint (`url`; `relayrl serve` is one) or to an HF
-model that relayrl loads itself (`model_path`), through the same `ChatModel.complete` that `relayrl serve`
-answers with, so the two give the same replies and token counts and one parser reads both. A judge is a reward
+model that relayrl loads itself (`model_path`), through the same `ChatModel` that `relayrl serve` answers with,
+so the two give the same replies and token counts and one parser reads both. A judge is a reward
 function like any verifier: it runs in the reward worker pool under `reward.timeout`, and an unreachable
 judge, an HTTP error or a reply without a verdict is a counted reward failure, never fatal.
 """
@@ -17,9 +17,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from relayrl.generation.chat import ChatModel
+from relayrl.generation.sampler import SamplingConfig
 from relayrl.rewards.verifier import RewardConfig
 from relayrl.rollout import Rollout
-from relayrl.serve import ChatModel
 
 SCORE_RE = re.compile(r"score\s*[:=]?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 WINNER_RE = re.compile(r"winner\s*[:=]?\s*\[*\s*(A|B)\b", re.IGNORECASE)
@@ -62,15 +63,20 @@ class ChatJudge:
 
     def ask(self, content: str, seed: int = 0) -> tuple[str, int]:
         """The judge's reply and the tokens it spent (prompt and completion, as `usage.total_tokens`)."""
+        messages = [{"role": "user", "content": content}]
+        if not self.url:
+            chat = self.chat or local_chat(self.model_path)
+            reply = chat.reply(messages, SamplingConfig(self.max_tokens, self.temperature), seed)
+            return reply.text, reply.total_tokens
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": messages,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "seed": seed,
         }
-        reply = self._post(body) if self.url else (self.chat or local_chat(self.model_path)).complete(body)
-        return reply["choices"][0]["message"]["content"], int(reply.get("usage", {}).get("total_tokens", 0))
+        response = self._post(body)
+        return response["choices"][0]["message"]["content"], int(response.get("usage", {}).get("total_tokens", 0))
 
     def _post(self, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}

@@ -1,11 +1,19 @@
-"""Maths answer checking: pull the final answer out of a completion, then decide equivalence with math-verify.
+"""Maths answer checking: relayrl extracts the final answer, math-verify (pinned 0.9.0) decides equivalence.
 
-Scorers also run in-process on the evaluation path, possibly off the main thread, where math-verify's own
-signal.alarm timeouts cannot work. So its timeouts are switched off and every math-verify call instead runs in
-a forked child of a long-lived helper process that kills the child at the deadline: a hang costs one fork,
-not a restart, and the caller never waits much past the timeout, from any thread or process.
-
-Plain numbers (most answers) are settled in-process without a round trip. POSIX only (fork, select on pipes).
+math-verify does the maths: LaTeX normalisation, parsing to sympy, equivalence (with its float rounding). This
+module keeps only what it does not do:
+- A hard timeout that works from any thread or process. math-verify's timeouts are signal.alarm (main thread
+  only, and blind while sympy's C code holds the GIL), so they are off and every check runs in a forked child of
+  a long-lived helper process that kills the child at the deadline: a hang costs one fork, not a restart.
+- relayrl's extraction order (the README's `scorer: math`): the last \\boxed{} / \\fbox{}, else the last
+  'answer is' / 'answer:' / '####', else the last number; and `reference_answer` for references that are worked
+  solutions. math-verify's extraction ranks 'final answer is' above \\boxed, does not read GSM8K's '####', and
+  runs regexes and sympy on the whole text; here every search is linear in the text, before any timeout applies.
+- Input hygiene: empty, over-long (MAX_ANSWER_CHARS), brace-unbalanced or junk answers are not equivalent,
+  without math-verify (which repairs '\\frac{1}{2' and can hang on hostile text); identical answers are.
+- Plain numbers ('1,234', '0.75', '\\frac{3}{4}') go to math-verify in-process, the one grammar it reads in
+  bounded time, sparing most checks the helper's round trip.
+POSIX only (fork, select on pipes).
 """
 
 from __future__ import annotations
@@ -28,11 +36,9 @@ import unicodedata
 import weakref
 from collections import deque
 from collections.abc import Callable
-from fractions import Fraction
 
 MAX_ANSWER_CHARS = 1000  # longer extracted answers count as absent / not equivalent, never reach sympy
 DEFAULT_TIMEOUT = 2.0  # seconds for one math-verify check
-FLOAT_ROUNDING = 6  # decimal places, as math-verify rounds when either side is a decimal
 _GRACE = 1.0  # extra wait for the helper itself (fork, pipes) before it is presumed stuck and killed
 _CHILD_MEMORY = 2 << 30  # address space a check may add: a hostile answer must not take the machine down
 _BOX_TRIES = 8  # at most this many trailing \boxed tried, so a megabyte of unclosed boxes stays cheap
@@ -170,39 +176,13 @@ def _bounded(answer: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# In-process fast path: only rules that agree with math-verify, so the answer never depends on which path ran.
+# In-process: input hygiene, and plain numbers, the one grammar math-verify reads in bounded time; all else
+# goes to the helper. Equivalence itself is always math-verify's.
 
-_DROP_RE = re.compile(r"\\[!,;:]|\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\\$")
-_SPACE_RE = re.compile(r"\s+")
-_LOOSE_SPACE_RE = re.compile(r"(?<=[^A-Za-z]) | (?=[^A-Za-z])")  # spaces between letters may separate \cmds
-_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
-_DECIMAL_RE = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)", re.ASCII)
-_SLASH_RE = re.compile(r"([+-]?)(\d+)/(\d+)", re.ASCII)
-_FRAC_RE = re.compile(r"(-?)\\frac(?:\{(-?\d+)\}\{(-?\d+)\}|(\d)(\d))", re.ASCII)
+_PLAIN_NUMBER_RE = re.compile(
+    r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\\[dt]?frac\{-?\d+\}\{-?\d+\}", re.ASCII
+)  # '1,234.5', '3/4', '\frac{3}{4}'; nothing nested, no exponents: its digits bound sympy's work
 _JUNK = frozenset(("Cc", "Cs", "Co", "Cn"))  # unicode categories: control, surrogate, private use, unassigned
-
-
-def _normalize(answer: str) -> str:
-    s = _clean(answer).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
-    s = _LOOSE_SPACE_RE.sub("", _SPACE_RE.sub(" ", _DROP_RE.sub("", s))).strip()
-    return s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s
-
-
-def _as_number(s: str) -> tuple[Fraction, bool] | None:
-    """The exact value, and whether it was written as a decimal (then math-verify compares rounded)."""
-    if m := _DECIMAL_RE.fullmatch(s):
-        value = Fraction(m.group(2))
-        return (-value if m.group(1) == "-" else value), "." in s
-    if m := _SLASH_RE.fullmatch(s):
-        sign, num, den = m.groups()
-    elif m := _FRAC_RE.fullmatch(s):
-        sign, num, den = m.group(1), m.group(2) or m.group(4), m.group(3) or m.group(5)
-    else:
-        return None
-    if int(den) == 0:
-        return None
-    value = Fraction(int(num), int(den))
-    return (-value if sign == "-" else value), False
 
 
 def _balanced(s: str) -> bool:
@@ -224,27 +204,30 @@ def _junk(s: str) -> bool:
     return any(unicodedata.category(c) in _JUNK for c in s)
 
 
-def _fast_equivalent(pred: str, ref: str) -> bool | None:
-    """True/False when settled without sympy, None when math-verify must decide."""
+def _in_process(pred: str, ref: str) -> bool | None:
+    """True/False when settled without the helper, None when it must decide. Empty, over-long, unbalanced or junk
+    answers are not equivalent (math-verify would repair '\\frac{1}{2', and could hang on the rest); identical
+    ones are; two plain numbers go to math-verify here, which reads them in milliseconds."""
     if not pred or not ref or len(pred) > MAX_ANSWER_CHARS or len(ref) > MAX_ANSWER_CHARS:
         return False
-    a, b = _normalize(pred), _normalize(ref)
+    a, b = _clean(pred), _clean(ref)
     if not a or not b:
         return False
     if a == b:
         return True
     if not (_balanced(a) and _balanced(b)) or _junk(a) or _junk(b):
         return False
-    x, y = _as_number(a), _as_number(b)
-    if x is None or y is None:
-        return None
-    if x[0] == y[0]:
-        return True
-    return (x[1] or y[1]) and round(x[0], FLOAT_ROUNDING) == round(y[0], FLOAT_ROUNDING)
+    if _PLAIN_NUMBER_RE.fullmatch(a) and _PLAIN_NUMBER_RE.fullmatch(b):
+        return verify_unguarded(a, b)
+    return None
+
+
+# math-verify's signal timeouts are off (they work on the main thread only); its warning that they are is noise
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
 def verify_unguarded(pred: str, ref: str) -> bool:
-    """math-verify with its signal timeouts off; only safe under an outside hard timeout (the helper's)."""
+    """math-verify with its signal timeouts off: only for plain numbers, or under the helper's hard timeout."""
     from math_verify import parse, verify
 
     # Boxing makes parse read the whole answer as one LaTeX expression instead of hunting inside it.
@@ -264,7 +247,6 @@ def _helper_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle; EOF ends us
     replies = os.dup(1)
     os.dup2(2, 1)  # stray prints from sympy/antlr must not corrupt the replies
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" is intended here
     with contextlib.suppress(Exception):
         verify_unguarded("1", "1")  # pay lazy imports and grammar loading once, before forking children
     gc.freeze()  # fewer copy-on-write pages per fork
@@ -388,10 +370,10 @@ class MathChecker:
         _CHECKERS.add(self)
 
     def equivalent(self, pred: str, ref: str) -> bool:
-        fast = _fast_equivalent(pred, ref)
-        if fast is not None:
+        settled = _in_process(pred, ref)
+        if settled is not None:
             self._count("fast")
-            return fast
+            return settled
         self._count("guarded")
         with self._lock:
             reply = self._ask(pred, ref)

@@ -69,32 +69,21 @@ TEACHER_PROMPT = (
 class TeacherWriter:
     """Critiques written by a (larger) model: `generate(prompt) -> text`, e.g. `TeacherWriter.from_pretrained`."""
 
-    def __init__(
-        self, generate: Callable[[str | tuple[dict, ...]], str], prompt: str = TEACHER_PROMPT, chat: bool = False
-    ):
-        self.generate, self.prompt, self.chat = generate, prompt, chat  # chat: send the prompt as a user message
+    def __init__(self, generate: Callable[[str], str], prompt: str = TEACHER_PROMPT):
+        self.generate, self.prompt = generate, prompt
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, max_new_tokens: int = 128) -> TeacherWriter:
-        """Greedy critiques from any HF causal LM (through its chat template when it has one)."""
-        from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample
-        from relayrl.models import load_model_and_tokenizer
+        """Greedy critiques from any HF causal LM, the prompt sent as a user message (`ChatModel`)."""
+        from relayrl.generation.chat import ChatModel  # here: reward workers import this module without torch
+        from relayrl.generation.sampler import SamplingConfig
 
-        model, tokenizer = load_model_and_tokenizer(name_or_path)
-        model.eval()
-        greedy = SamplingConfig(max_new_tokens, temperature=0.0)
-
-        def generate(prompt: str | tuple[dict, ...]) -> str:
-            (out,) = sample(
-                model, [encode_prompt(tokenizer, prompt)], greedy, tokenizer.eos_token_id, tokenizer.pad_token_id
-            )
-            return tokenizer.decode(out.completion_ids, skip_special_tokens=True)
-
-        return cls(generate, chat=tokenizer.chat_template is not None)
+        chat, greedy = ChatModel(name_or_path), SamplingConfig(max_new_tokens, temperature=0.0)
+        return cls(lambda prompt: chat.reply([{"role": "user", "content": prompt}], greedy).text)
 
     def __call__(self, item: Item, solution: str, correct: bool) -> str:
         if correct:
             return ""
         question = item.prompt if isinstance(item.prompt, str) else item.prompt[-1]["content"]
         text = self.prompt.format(question=question.strip(), solution=solution.strip(), answer=item.answer)
-        return " " + self.generate(({"role": "user", "content": text},) if self.chat else text).strip()
+        return " " + self.generate(text).strip()

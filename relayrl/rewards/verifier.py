@@ -3,13 +3,16 @@
 A scorer returns one reward per rollout, or a list of one reward per message (its count must match
 the rollout's messages; the rollout's reward is then their mean). A scorer that raises, hangs or
 returns the wrong count marks its rollout failed (reward = failure_reward) and is counted; pebble
-kills a hung worker and starts another, so the loop never blocks.
+kills a hung worker and starts another, so the loop never blocks. A scorer that returns NaN or inf
+raises `RewardError`, which stops the run.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import multiprocessing
+import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -17,10 +20,24 @@ from dataclasses import dataclass
 from pebble import ProcessPool
 
 from relayrl.rollout import Rollout
+from relayrl.schema import choice, non_negative, nonempty, positive, setting
 
 RewardFn = Callable[..., float | list[float]]
 """(completion text, reference answer) -> a reward, or one per message; picklable (module-level or a dataclass).
 One that also takes a `prompt` parameter (reward models, judges) is given the prompt's text too."""
+
+
+class RewardError(RuntimeError):
+    """A reward function returned a non-finite reward. Unlike a scorer that raises or hangs (an unreachable judge,
+    a hostile completion: counted, and the run goes on), this is a bug in the reward function, and a NaN or inf
+    reward would pass silently through the advantages into the loss; so the executors re-raise it and the
+    controller lets it end the run."""
+
+
+def describe(scorer: RewardFn) -> str:
+    """The reward function's module and qualified name (its class's, for a callable instance such as a judge)."""
+    named = scorer if hasattr(scorer, "__qualname__") else type(scorer)
+    return f"{named.__module__}.{named.__qualname__}"
 
 
 def takes_prompt(scorer: RewardFn) -> bool:
@@ -37,20 +54,27 @@ def reward_args(r: Rollout, with_prompt: bool) -> tuple:
 
 @dataclass
 class RewardConfig:
-    timeout: float = 5.0  # seconds per call
-    workers: int = 1
+    timeout: float = setting(5.0, gt=0, le=threading.TIMEOUT_MAX)  # seconds per call
+    workers: int = setting(1, gt=0, le=1024)  # processes, all started at once: more would exhaust the machine
     failure_reward: float = 0.0
-    source: str = "task"  # task (its verifier) | reward_model (`model`) | judge (`judge_url` or `judge_model_path`)
+    # task: its verifier | reward_model: `model` | judge: `judge_url` or `judge_model_path`
+    source: str = choice("task", "reward_model", "judge")
     model: str = ""  # source=reward_model: a reward-model folder (relayrl rm train)
-    critiques: int = 0  # source=reward_model, a Critic-RM folder: critiques averaged per response; 0: its own M
+    critiques: int = non_negative(
+        0
+    )  # source=reward_model, a Critic-RM folder: critiques averaged per response; 0: its own M
     judge_url: str = ""  # source=judge: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
-    judge_model: str = "judge"  # the model name sent to that endpoint
+    judge_model: str = nonempty("judge")  # the model name sent to that endpoint
     judge_model_path: str = ""  # source=judge, instead of judge_url: a judge model (folder, hub id) run in-process
-    judge_kind: str = "pointwise"  # pointwise (a score) | pairwise (a preference between two responses)
-    judge_against: str = "reference"  # pairwise: reference (`judge_reference`) | sample (another of the prompt's)
+    judge_kind: str = choice(
+        "pointwise", "pairwise"
+    )  # pointwise (a score) | pairwise (a preference between two responses)
+    judge_against: str = choice(
+        "reference", "sample"
+    )  # pairwise: reference (`judge_reference`) | sample (another of the prompt's)
     judge_reference: str = "{answer}"  # pairwise: the reference response, over the task's reference answer
     judge_both_orders: bool = False  # pairwise: judge A-B and B-A and average (cancels position bias; 2x calls)
-    judge_max_tokens: int = 256
+    judge_max_tokens: int = positive(256)
 
     @property
     def pairs_samples(self) -> bool:
@@ -71,7 +95,9 @@ class VerifierScorer:
         counts = {"reward_timeouts": 0.0, "reward_errors": 0.0}
         for r, fut in zip(rollouts, futures, strict=True):
             try:
-                assign_result(r, fut.result())
+                assign_result(r, fut.result(), self.scorer)
+            except RewardError:
+                raise
             except FutureTimeout:
                 r.reward, r.reward_failed = self.cfg.failure_reward, True
                 counts["reward_timeouts"] += 1
@@ -85,14 +111,21 @@ class VerifierScorer:
         self.pool.join()
 
 
-def assign_result(r: Rollout, result: float | list[float]) -> None:
+def assign_result(r: Rollout, result: float | list[float], scorer: RewardFn) -> None:
+    """Set `r`'s reward (and its messages') from what `scorer` returned: a wrong count raises ValueError (a
+    counted failure), a non-finite reward RewardError (fatal)."""
+    rewards = [float(v) for v in result] if isinstance(result, list | tuple) else [float(result)]
+    if (bad := next((v for v in rewards if not math.isfinite(v)), None)) is not None:
+        raise RewardError(
+            f"reward function {describe(scorer)} returned {bad} for prompt {r.prompt_index}, sample "
+            f"{r.sample_index}: a reward must be finite (a NaN or inf would poison the advantages)"
+        )
     if isinstance(result, list | tuple):
-        rewards = [float(v) for v in result]
         if len(rewards) != len(r.messages):
             raise ValueError(f"{len(rewards)} rewards for {len(r.messages)} messages")
         for m, v in zip(r.messages, rewards, strict=True):
             m.reward = v
         r.reward = sum(rewards) / len(rewards)
     else:
-        r.reward = float(result)
+        r.reward = rewards[0]
     r.reward_failed = False

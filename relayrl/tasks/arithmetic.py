@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from relayrl.schema import check, non_negative, setting
 from relayrl.tasks.base import Item
 
 ANSWER_RE = re.compile(r"#(-?\d+)")
@@ -17,11 +19,27 @@ ANSWER_RE = re.compile(r"#(-?\d+)")
 
 @dataclass
 class ArithmeticConfig:
-    terms: int = 3  # operands per problem: the difficulty knob
-    max_value: int = 19  # operands drawn from [0, max_value]
-    operators: str = "+-"
-    heldout_size: int = 256
+    terms: int = setting(3, ge=2, le=64)  # operands per problem: the difficulty knob (64: past any context)
+    max_value: int = non_negative(19)  # operands drawn from [0, max_value]
+    operators: str = "+-"  # drawn from, each step: a non-empty subset of +-*
+    heldout_size: int = setting(256, gt=0, le=10**6)  # a million: past any evaluation budget
     seed: int = 1234
+
+    def distinct_problems(self) -> int:
+        """Every choice of operands and operators writes a different prompt: decimal operands between operators
+        read back one way."""
+        return (self.max_value + 1) ** self.terms * len(set(self.operators)) ** (self.terms - 1)
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if not self.operators or set(self.operators) - set("+-*"):
+            yield "operators", f"must be a non-empty subset of '+-*'; got {self.operators!r}"
+        elif self.heldout_size > (n := self.distinct_problems()) // 2:
+            # The held-out set is drawn until it has heldout_size distinct problems and each training item is
+            # redrawn until it is not one of them: with every problem held out neither ends, and with most the
+            # training stream is a handful of problems. At most half keeps a training draw to 2 tries on average.
+            of = f"terms={self.terms}, max_value={self.max_value}, operators={self.operators!r}"
+            half = f"half the {n} distinct problems of {of} (training needs the rest)"
+            yield "heldout_size", f"must be <= {n // 2}, {half}; got {self.heldout_size}"
 
 
 def extract_arithmetic(completion: str) -> str | None:
@@ -56,10 +74,7 @@ class ArithmeticTask:
     extract = staticmethod(extract_arithmetic)
 
     def __init__(self, cfg: ArithmeticConfig):
-        if cfg.terms < 2:
-            raise ValueError(f"task.arithmetic.terms must be >= 2, got {cfg.terms}")
-        if not cfg.operators or set(cfg.operators) - set("+-*"):
-            raise ValueError(f"task.arithmetic.operators must be a non-empty subset of '+-*', got {cfg.operators!r}")
+        check(cfg, "task.arithmetic.")  # also where the config was built in Python: a bad one would never end
         self.cfg = cfg
         self.name = f"arithmetic-{cfg.terms}x{cfg.max_value}"
         rng = random.Random(f"heldout-{cfg.seed}")

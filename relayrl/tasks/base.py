@@ -18,6 +18,15 @@ class Item:
     meta: dict = field(default_factory=dict, hash=False, compare=False)
 
 
+def template_problem(template: str) -> str | None:
+    """Why a prompt template cannot be filled with a {question}, or None."""
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError):
+        return f"must be a format string of one field, {{question}} (a brace itself: {{{{ or }}}}); got {template!r}"
+    return None if "{question}" in template else f"must contain {{question}}; got {template!r}"
+
+
 class Task(Protocol):
     name: str
     scorer: Scorer

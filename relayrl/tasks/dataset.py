@@ -7,13 +7,16 @@ Held-out items come from their own split or file, or are carved from the trainin
 
 from __future__ import annotations
 
+import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from relayrl.rewards.math_answer import extract_answer, math_scorer
-from relayrl.tasks.base import Item
+from relayrl.schema import check, choice, nonempty, positive, setting
+from relayrl.tasks.base import Item, template_problem
 
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -23,19 +26,23 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 class DatasetConfig:
     path: str = ""  # hub name (org/name) or a local file
     subset: str = ""  # hub config name, e.g. "main" for gsm8k
-    split: str = "train"
+    split: str = nonempty("train")
     heldout: str = ""  # a split of the same hub dataset or a local file; empty: carve from the training rows
-    question_field: str = "question"
-    answer_field: str = "answer"
+    question_field: str = nonempty("question")
+    answer_field: str = nonempty("answer")
     solution_field: str = ""  # a worked solution for the supervised warm start; empty: the answer field
     template: str = "{question}\n"  # the prompt (or the user message); {question} is replaced
     chat: bool = False  # wrap the prompt in the tokenizer's chat template, as a user message
     system: str = ""  # chat: an optional system message
-    scorer: str = "math"  # math: final answer, equivalence by math-verify; exact: final answer string
-    heldout_fraction: float = 0.1  # when carving; 1.0 = every row held out (an evaluation-only task)
-    heldout_max: int = 256
-    on_bad_row: str = "error"  # error | skip
-    seed: int = 0
+    scorer: str = choice("math", "exact")  # math: final answer, equivalence by math-verify; exact: final answer string
+    heldout_fraction: float = setting(0.1, gt=0, le=1)  # when carving; 1.0 = every row held out (evaluation only)
+    heldout_max: int = positive(256)
+    on_bad_row: str = choice("error", "skip")
+    seed: int = 0  # which rows are carved out, and each epoch's order
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if problem := template_problem(self.template):
+            yield "template", problem
 
 
 def final_answer(text: str) -> str:
@@ -69,10 +76,29 @@ def load_rows(cfg: DatasetConfig, key: str = "path") -> list[dict]:
     if Path(source).suffix in LOCAL_FORMATS:
         if not Path(source).exists():
             raise FileNotFoundError(f"task.dataset.{key}: no such file {source}")
+        if source.endswith(".jsonl"):
+            return read_jsonl(source, f"task.dataset.{key}")
         return list(datasets.load_dataset(LOCAL_FORMATS[Path(source).suffix], data_files=source, split="train"))
     if key == "heldout":
         return list(datasets.load_dataset(cfg.path, cfg.subset or None, split=source))
     return list(datasets.load_dataset(source, cfg.subset or None, split=cfg.split))
+
+
+def read_jsonl(path: str, key: str) -> list[dict]:
+    """A JSONL file's rows. A line that is not a JSON object is an error naming its line, counted from 1 (the
+    hub's reader counts from 0 and raises a traceback); so is a blank line before the last row, which would
+    shift every later row's number off its line."""
+    lines = Path(path).read_text(encoding="utf-8").rstrip().splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{key}: {path} line {number} is not JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{key}: {path} line {number} is not a JSON object: {line[:80]!r}")
+        rows.append(row)
+    return rows
 
 
 def validate_rows(rows: list[dict], cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
@@ -107,15 +133,13 @@ class DatasetTask:
     stop_strings: tuple[str, ...] = ()
 
     def __init__(self, cfg: DatasetConfig, rows: list[dict] | None = None, heldout_rows: list[dict] | None = None):
-        if cfg.on_bad_row not in ("error", "skip"):
-            raise ValueError(f"task.dataset.on_bad_row must be 'error' or 'skip', got {cfg.on_bad_row!r}")
-        if cfg.scorer not in SCORERS:
-            raise ValueError(f"task.dataset.scorer must be one of {sorted(SCORERS)}, got {cfg.scorer!r}")
+        check(cfg, "task.dataset.")
         if not cfg.path and rows is None:
             raise ValueError("task.dataset.path: a hub name or a local .jsonl/.csv/.parquet file is required")
         self.scorer, self.extract = SCORERS[cfg.scorer]
         self.skipped: list[str] = []  # bad rows skipped, by source and row number
         self.name = f"dataset:{cfg.path}"
+        self.seed = cfg.seed
         items = self._items(rows if rows is not None else load_rows(cfg), cfg, cfg.path)
         if cfg.heldout:
             if heldout_rows is None:
@@ -149,7 +173,7 @@ class DatasetTask:
             raise ValueError(f"task.dataset {self.name}: every row is held out; this task is for evaluation only")
         epoch, offset = divmod(index, len(self._train))
         order = list(range(len(self._train)))
-        random.Random(f"{epoch}").shuffle(order)
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)
         return self._train[order[offset]]
 
     def heldout(self) -> list[Item]:

@@ -17,10 +17,12 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from relayrl.tasks.base import Item
+from relayrl.schema import check, nonempty, setting
+from relayrl.tasks.base import Item, template_problem
 
 CHUNK = 500  # entries per generator instance: reasoning-gym's default size, which some generators precompute
 _MAX_REDRAWS = 1000
@@ -31,14 +33,27 @@ _CHAIN_RE = re.compile(r"-?\d+(?: [+-] -?\d+)+")
 
 @dataclass
 class ReasoningGymConfig:
-    name: str = "basic_arithmetic"  # a reasoning-gym generator (reasoning_gym.factory.DATASETS)
+    name: str = nonempty("basic_arithmetic")  # a reasoning-gym generator (reasoning_gym.factory.DATASETS)
     config: dict[str, Any] = field(default_factory=dict)  # the generator's config fields; not seed or size
     seed: int = 0
-    heldout_size: int = 200
+    heldout_size: int = setting(200, gt=0, le=10**6)  # a million: past any evaluation budget
     chat: bool = True  # wrap the prompt in the tokenizer's chat template, as a user message
     system: str = ""  # chat: an optional system message
     template: str = "{question}\nGive the final answer as <answer>ANSWER</answer>."
     lenient: bool = True  # no <answer> tag: read the last number, else the last line (the model's own habits)
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if {"seed", "size"} & set(self.config):
+            yield "config", "set the seed with task.reasoning_gym.seed; size is chunked"
+        if problem := template_problem(self.template):
+            yield "template", problem
+
+
+def unknown_generator(name: str) -> str | None:
+    """Why `name` is no reasoning-gym generator, or None (importing reasoning-gym takes a second: only when used)."""
+    from reasoning_gym.factory import DATASETS
+
+    return None if name in DATASETS else f"unknown generator {name!r}; known: {', '.join(DATASETS)}"
 
 
 def extract_tagged(completion: str) -> str | None:
@@ -122,14 +137,9 @@ class ReasoningGymTask:
     stop_strings: tuple[str, ...] = ("</answer>",)
 
     def __init__(self, cfg: ReasoningGymConfig):
-        from reasoning_gym.factory import DATASETS
-
-        if cfg.name not in DATASETS:
-            raise ValueError(f"task.reasoning_gym.name: unknown generator {cfg.name!r}; known: {', '.join(DATASETS)}")
-        if {"seed", "size"} & set(cfg.config):
-            raise ValueError("task.reasoning_gym.config: set the seed with task.reasoning_gym.seed; size is chunked")
-        if cfg.heldout_size < 1:
-            raise ValueError(f"task.reasoning_gym.heldout_size must be >= 1, got {cfg.heldout_size}")
+        if problem := unknown_generator(cfg.name):
+            raise ValueError(f"task.reasoning_gym.name: {problem}")
+        check(cfg, "task.reasoning_gym.")
         self._config_json = json.dumps(cfg.config, sort_keys=True)
         try:  # the first held-out generator, built here so a bad config is reported by its field
             _generator(cfg.name, self._config_json, _stream_seed(cfg.seed, "heldout", 0), CHUNK)

@@ -63,8 +63,7 @@ def model_critic(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: C
 
     def critic(asks: list[tuple[str, str]]) -> list[str]:
         contexts = [context_ids(tokenizer, cfg.template, p, r) for p, r in asks]
-        written = write_critiques(lm, tokenizer, contexts, cfg, generator)
-        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in written]
+        return [c.text for c in write_critiques(lm, tokenizer, contexts, cfg, generator)]
 
     return critic
 
@@ -110,7 +109,7 @@ def heldout_accuracy(model: CriticRewardModel, pairs: list[Pair], m: int, seed: 
     critiques' own 'Score: N' averaged (the model as a judge; unparsed scores count 0)."""
     responses = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
     rewards, _, critiques = model.sampled_rewards(responses, m, torch.Generator().manual_seed(seed))
-    scores = [parse_score(model.tokenizer.decode(c, skip_special_tokens=True), *SCORES) or 0.0 for c in critiques]
+    scores = [parse_score(c.text, *SCORES) or 0.0 for c in critiques]
     rewards, scores = rewards.view(len(pairs), 2, m), torch.tensor(scores).view(len(pairs), 2, m)
     return {
         "heldout_pair_accuracy": (rewards[:, 0].mean(-1) > rewards[:, 1].mean(-1)).float().mean().item(),

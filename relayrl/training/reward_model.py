@@ -18,15 +18,16 @@ from relayrl.algorithms.reward_losses import bradley_terry
 from relayrl.models import TINY_ARCHS, TinySize, build_tiny_model, load_tokenizer, resolve
 from relayrl.rewards.critic_rm import CriticConfig
 from relayrl.rewards.preference import Pair, PreferenceConfig, load_pairs
+from relayrl.schema import choice, positive
 
 
 @dataclass
 class RMTrainConfig:
-    steps: int = 300
-    batch_size: int = 32  # pairs per step
-    lr: float = 1e-3
-    max_length: int = 256  # tokens of prompt + response; longer ones are cut on the left
-    eval_every: int = 100
+    steps: int = positive(300)
+    batch_size: int = positive(32)  # pairs per step
+    lr: float = positive(1e-3)
+    max_length: int = positive(256)  # tokens of prompt + response; longer ones are cut on the left
+    eval_every: int = positive(100)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RMModelConfig:
 
 @dataclass
 class RMConfig:
-    kind: str = "scalar"  # scalar (Bradley-Terry on prompt + response) | critic (Critic-RM: `critic`)
+    kind: str = choice("scalar", "critic")  # scalar (Bradley-Terry on prompt + response) | critic (Critic-RM: `critic`)
     seed: int = 0
     output: str = "runs/rm"
     model: RMModelConfig = field(default_factory=RMModelConfig)

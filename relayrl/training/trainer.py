@@ -8,6 +8,7 @@ vocabulary logits are never held for the whole batch.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,46 +24,39 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from relayrl.algorithms import losses
+from relayrl.algorithms.sequences import Sequence
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import distinct
+from relayrl.schema import choice, non_negative, positive, setting
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0
-    warmup_steps: int = 10  # linear learning-rate warm-up: a fresh Adam's first steps are full-size
-    micro_batch_tokens: int = 16384  # padded tokens per forward/backward; 1024 suits 100M+ models
+    lr: float = positive(1e-3)
+    weight_decay: float = non_negative(0.0)
+    betas: tuple[float, float] = setting((0.9, 0.99), ge=0, lt=1)
+    grad_clip: float = positive(1.0)  # always applied: 0 would zero every gradient
+    warmup_steps: int = non_negative(10)  # linear learning-rate warm-up: a fresh Adam's first steps are full-size
+    micro_batch_tokens: int = positive(16384)  # padded tokens per forward/backward; 1024 suits 100M+ models
     # the samples of one prompt run its tokens through the model once (their rows continue its KV cache): the
     # same gradient, with the prompt's share of the work divided by the samples per prompt (not with FSDP2)
     share_prompts: bool = True
+    # a step whose loss or gradient is not finite is skipped and counted; this many in a row stop the run
+    max_nonfinite_steps: int = positive(3)
 
 
 @dataclass
 class AlgorithmConfig:
-    advantage: str = "grpo"  # grpo | rloo | reinforce
-    loss: str = "aipo"  # aipo | ppo
-    rho: float = 4.0  # AIPO truncation of pi/mu
-    clip_eps: float = 0.2  # PPO ratio clip
-    kl_coef: float = 0.0  # k3 KL to the reference (initial) policy
-    aggregation: str = "token"  # token | sequence
+    advantage: str = choice("grpo", "rloo", "reinforce")
+    loss: str = choice("aipo", "ppo")
+    rho: float = positive(4.0)  # AIPO truncation of pi/mu
+    clip_eps: float = non_negative(0.2)  # PPO ratio clip
+    kl_coef: float = non_negative(0.0)  # k3 KL to the reference (initial) policy
+    aggregation: str = choice("token", "sequence")
     # a rollout whose advantage is 0 on every token (its group all right or all wrong) adds no gradient when
     # kl_coef is 0, only tokens to the loss's mean: not training on it saves its forward and backward and
     # weighs the informative tokens as DAPO's dynamic sampling does (without resampling)
     drop_zero_advantage: bool = False
-
-
-@dataclass
-class Sequence:
-    """What the trainer consumes: ids in, per-token targets and weights out."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    behaviour_logprobs: list[float] | None = None  # mu; None for supervised data
-    advantages: list[float] | None = None  # one per completion token
-    loss_mask: list[float] | None = None  # 1 where a completion token counts; None = all
 
 
 def _token_logprobs(
@@ -185,6 +179,14 @@ def computed_tokens(seqs: list[Sequence], share_prompts: bool) -> int:
     return sum(map(len, distinct([s.prompt_ids for s in seqs])[0])) + sum(len(s.completion_ids) for s in seqs)
 
 
+def _clipped(ratio: torch.Tensor, adv: torch.Tensor, algo: AlgorithmConfig) -> torch.Tensor:
+    """Tokens whose gradient the loss bounds: AIPO's weight truncated at rho; PPO's ratio past the clip on the side
+    where the clip binds (above 1 + eps with a positive advantage, below 1 - eps with a negative one)."""
+    if algo.loss == "aipo":
+        return (ratio > algo.rho).float()
+    return (((ratio > 1 + algo.clip_eps) & (adv > 0)) | ((ratio < 1 - algo.clip_eps) & (adv < 0))).float()
+
+
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -295,12 +297,7 @@ class Trainer:
         ratio = torch.exp(logp - batch["mu"]).detach()
         stats = {
             "ratio_sum": (ratio * batch["mask"]).sum().item(),
-            # tokens whose weight the loss bounds: truncated at rho (AIPO) or outside the PPO clip range
-            "clipped_sum": (
-                ((ratio > a.rho) if a.loss == "aipo" else ((ratio - 1).abs() > a.clip_eps)).float() * batch["mask"]
-            )
-            .sum()
-            .item(),
+            "clipped_sum": (_clipped(ratio, batch["adv"], a) * batch["mask"]).sum().item(),
         }
         if a.kl_coef > 0:
             with torch.no_grad():
@@ -321,12 +318,17 @@ class Trainer:
         """One optimizer step on the whole batch (this rank's share of it), accumulated over micro-batches."""
         metrics = self.accumulate(seqs, supervised)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
-        self._move_optimizer_state(self.device)
-        self.optimizer.step()
-        self.scheduler.step()
+        grad_norm = float(grad_norm.full_tensor() if self.sharded else grad_norm)
+        # a non-finite loss or gradient (the same on every rank: both are reduced) would poison AdamW's moments
+        # and every weight: skip the update; the caller counts skips and stops a run that keeps making them
+        finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        if finite:
+            self._move_optimizer_state(self.device)
+            self.optimizer.step()
+            self.scheduler.step()
+            self._move_optimizer_state(torch.device("cpu"))
         self.optimizer.zero_grad(set_to_none=True)
-        self._move_optimizer_state(torch.device("cpu"))
-        return metrics | {"grad_norm": float(grad_norm.full_tensor() if self.sharded else grad_norm)}
+        return metrics | {"grad_norm": grad_norm, "skipped_nonfinite": float(not finite)}
 
     def _move_optimizer_state(self, device: torch.device) -> None:
         """offload (colocated on CUDA): AdamW's moments wait in host memory while the generators sample."""

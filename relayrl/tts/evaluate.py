@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from rich.progress import track
 
+from relayrl import build
 from relayrl.algorithms.reward_losses import preference_probability
 from relayrl.config import Config
 from relayrl.evaluation.metrics import majority_vote, wilson_interval
-from relayrl.generation.sampler import encode_prompt, sample
+from relayrl.generation.chat import ChatModel
+from relayrl.generation.sampler import encode_prompt, prompt_text, sample_texts
 from relayrl.rewards.judge import POINTWISE_NO_REFERENCE, PairwiseJudge, make_judge
 from relayrl.rewards.model_scorer import RewardModelScorer
-from relayrl.serve import ChatModel
 from relayrl.tasks.base import Item, Task
 from relayrl.tts.pdr import parallel_distill_refine
 from relayrl.tts.tournament import Judge, tournament
@@ -73,7 +74,7 @@ class Methods:
 
     def __init__(self, cfg: Config, task: Task, model, tokenizer):
         self.cfg, self.task, self.model, self.tokenizer = cfg, task, model, tokenizer
-        self.sampling = cfg.sampling(task.stop_strings)
+        self.sampling = build.sampling(cfg, task.stop_strings)
         self.gen = torch.Generator()  # seeded per item
         chat = ChatModel("policy", model=model, tokenizer=tokenizer)
         r = cfg.reward
@@ -87,11 +88,9 @@ class Methods:
 
     def generate(self, prompt: str | tuple[dict, ...], n: int) -> list[tuple[str, int]]:
         """n sampled completions of the prompt, each with its tokens (prompt + completion)."""
-        ids, tok = encode_prompt(self.tokenizer, prompt), self.tokenizer
-        done = sample(self.model, [ids] * n, self.sampling, tok.eos_token_id, tok.pad_token_id, self.gen, tok.decode)
-        return [
-            (tok.decode(s.completion_ids, skip_special_tokens=True), len(ids) + len(s.completion_ids)) for s in done
-        ]
+        ids = encode_prompt(self.tokenizer, prompt)
+        done = sample_texts(self.model, self.tokenizer, [ids] * n, self.sampling, self.gen)
+        return [(c.text, c.total_tokens) for c in done]
 
     def score(self, item: Item, question: str, texts: list[str], cost: Cost) -> list[float | None]:
         """Each candidate's score in [0, 1] by `tts.scorer` (None: the judge gave none), charging `cost`."""
@@ -133,7 +132,7 @@ class Methods:
         the item's `index` alone, so runs with other methods (PDR samples more) see the same ones."""
         t = self.cfg.tts
         self.gen.manual_seed(self.cfg.seed * 1_000_003 + index)
-        question = self.tokenizer.decode(encode_prompt(self.tokenizer, item.prompt), skip_special_tokens=True)
+        question = prompt_text(self.tokenizer, item.prompt)
         candidates = self.generate(item.prompt, t.n)
         texts, sampled = [c for c, _ in candidates], sum(tokens for _, tokens in candidates)
         scored = Cost(sampled)
@@ -184,7 +183,7 @@ class Methods:
 
 def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True) -> dict:
     """Every method of `tts.methods` on the held-out set: accuracy, tokens, judge calls and failures."""
-    task = cfg.task.build()
+    task = build.task(cfg)
     items = task.heldout()[: cfg.tts.items or None]
     methods = Methods(cfg, task, model, tokenizer)
     results = {m: MethodResult() for m in cfg.tts.methods}

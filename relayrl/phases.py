@@ -1,0 +1,127 @@
+"""The phases of a run, one function each: supervised warm start, RL's starting point, held-out evaluation with
+its audit, and the summary. The controller runs them around its loop; recipes (recipes/spoc.py) compose them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from rich.progress import track
+
+from relayrl import build
+from relayrl.algorithms.reward_losses import preference_probability
+from relayrl.algorithms.sequences import Sequence
+from relayrl.evaluation.evaluate import EvalResult, evaluate
+from relayrl.generation.sampler import encode_prompt, prompt_text
+from relayrl.run import Run
+from relayrl.state import HeldoutScore, RunState
+from relayrl.training.trainer import Trainer
+
+
+def prepare(run: Run, stop, show_progress: bool = True) -> None:
+    """The phases before RL (the recipe's), each resumed from the checkpoint state; nothing once RL began."""
+    if run.cfg.recipe == "spoc":
+        from relayrl.recipes import spoc
+
+        spoc.prepare(run, stop, show_progress)
+    elif run.state is None:
+        t0 = time.perf_counter()
+        warm_start(run, stop, show_progress)
+        start_rl(run, time.perf_counter() - t0)
+
+
+def supervise(
+    run: Run, batch: Callable[[int], list[Sequence]], steps: int, lr: float, description: str, stop, show_progress: bool
+) -> None:
+    """`steps` supervised steps on `batch(step)`, on all cores (nothing else runs yet)."""
+    torch.set_num_threads(min(run.gen_threads + run.train_threads, os.cpu_count() or 1))
+    optim = dataclasses.replace(run.cfg.optim, lr=lr)
+    trainer = Trainer(run.model, optim, run.cfg.algorithm, run.tokenizer.pad_token_id)
+    for step in track(range(steps), description=description, disable=not show_progress):
+        if stop.requested:
+            raise KeyboardInterrupt
+        trainer.step(batch(step), supervised=True)
+
+
+def warm_start(run: Run, stop, show_progress: bool = True) -> None:
+    """Supervised steps on the task's worked solutions."""
+    s, tok = run.cfg.sft, run.tokenizer
+
+    def batch(step: int) -> list[Sequence]:
+        # negative indices: a stream of its own, disjoint from the RL prompts (0, 1, 2, ...)
+        items = [run.task.train_item(-1 - step * s.batch_size - i) for i in range(s.batch_size)]
+        solution = [tok(it.solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for it in items]
+        return [Sequence(encode_prompt(tok, it.prompt), ids) for it, ids in zip(items, solution, strict=True)]
+
+    supervise(run, batch, s.steps, s.lr, "SFT warm start", stop, show_progress)
+
+
+def start_rl(run: Run, sft_seconds: float, pair_sft: dict | None = None) -> None:
+    """The held-out accuracy RL starts from, and a fresh RL state saved as checkpoint `sft`."""
+    start, _ = heldout(run)
+    run.state = RunState(phase="rl", sft_seconds=sft_seconds, start=start, pair_sft=pair_sft)
+    run.save("sft")
+
+
+def heldout(run: Run) -> tuple[HeldoutScore, dict]:
+    """Greedy held-out accuracy of `run.model` (SPOC: of the answer it ends on, plus its self-correction metrics),
+    with the gold-judge audit, as a score and as the metrics of a step's record."""
+    scorer, messages = build.heldout_scorers(run.task, run.rewards)
+    result = evaluate(run.model, run.tokenizer, run.heldout, scorer, run.sampling, message_scorer=messages)
+    score = HeldoutScore(result.accuracy, result.interval, result.message_metrics, audit(run, result))
+    metrics = {"heldout_accuracy": result.accuracy} | {f"heldout_{k}": v for k, v in result.message_metrics.items()}
+    return score, metrics | score.audit
+
+
+def audit(run: Run, result: EvalResult) -> dict:
+    """Gold-judge audit of a run rewarded by a reward model or judge: its reward of the held-out greedy
+    completions beside their accuracy by the task's verifier (the gold), and the gap; reward hacking
+    shows as a reward that rises while the gold does not. A reward model's logit goes through a sigmoid
+    (as in `relayrl tts`) so that both are in [0, 1]."""
+    cfg = run.cfg
+    if cfg.reward.source == "task":
+        return {}
+    fn, scores, failures = build.reward_fn(cfg, run.task), [], 0
+    for o in result.outputs:
+        try:
+            value = float(fn(o["greedy"], o["answer"], prompt=prompt_text(run.tokenizer, o["prompt"])))
+        except Exception:  # a judge that fails is counted, never fatal
+            failures += 1
+            continue
+        scores.append(preference_probability(value) if cfg.reward.source == "reward_model" else value)
+    mean = sum(scores) / len(scores) if scores else None
+    gap = None if mean is None else mean - result.accuracy
+    return {"heldout_reward": mean, "heldout_gold_gap": gap, "heldout_reward_failures": failures}
+
+
+def summary(run: Run, records: list[dict]) -> dict:
+    """summary.json of a finished run."""
+    s, c = run.state, run.state.counters
+    return {
+        "mode": run.cfg.mode,
+        "recipe": run.cfg.recipe,
+        "task": run.task.name,
+        "model": run.cfg.model.name_or_path,
+        "steps": s.step,
+        "heldout_accuracy_start": s.start.accuracy,
+        "heldout_interval_start": s.start.interval,
+        "heldout_accuracy_end": s.final.accuracy,
+        "heldout_interval_end": s.final.interval,
+        "heldout_messages_start": s.start.messages,
+        "heldout_messages_end": s.final.messages,
+        "heldout_audit_start": s.start.audit,
+        "heldout_size": len(run.heldout),
+        "wall_seconds": s.wall_seconds,
+        "rl_seconds": c.rl_seconds,
+        "sft_seconds": s.sft_seconds,
+        "trained_tokens_per_second": c.trained_tokens / max(c.rl_seconds, 1e-9),
+        "dropped_stale": c.dropped_stale,
+        "rollouts_trained": c.rollouts_trained,
+        "reward_failures": c.reward_failures,
+        "nonfinite_steps": c.nonfinite_steps,
+        "final_reward": records[-1].get("reward") if records else None,
+        "pair_sft": s.pair_sft,
+    }

@@ -1,0 +1,120 @@
+"""Resume that always finishes: finished runs, records lost to a kill, checkpoints replaced mid-kill, failed starts."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from relayrl.config import load_config
+from relayrl.controller import train
+from relayrl.models import TinySize, load_model_and_tokenizer
+from relayrl.state import Counters, RunState
+from relayrl.tracking import read_jsonl
+from relayrl.training import checkpoint
+
+TIMED = {"gen_seconds", "wait_seconds", "train_seconds", "tokens_per_second", "gen_share", "sync_seconds", "sync_share"}
+
+
+def _untimed(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields, which no two runs share."""
+    return [{k: v for k, v in r.items() if k not in TIMED} for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def _sync_run(tiny, tmp_path) -> Path:
+    return train(load_config(None, tiny(tmp_path / "runs", mode="sync", steps=6)), show_progress=False)
+
+
+def test_a_finished_run_resumes_to_a_no_op_and_rewrites_a_lost_report(tiny, tmp_path, capsys):
+    run_dir = _sync_run(tiny, tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = _untimed(run_dir)
+    weights = (run_dir / "checkpoints" / "step_000006" / "model.safetensors").read_bytes()
+    assert train(resume=run_dir, show_progress=False) == run_dir
+    assert "the run is finished" in capsys.readouterr().out
+    # killed after its last checkpoint, before the summary and its last metrics line
+    (run_dir / "summary.json").unlink()
+    (run_dir / "report.md").unlink()
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    train(resume=run_dir, show_progress=False)
+    again = json.loads((run_dir / "summary.json").read_text())
+    for key in ("heldout_accuracy_start", "heldout_accuracy_end", "steps", "rollouts_trained", "heldout_interval_end"):
+        assert again[key] == summary[key]
+    assert _untimed(run_dir) == metrics and (run_dir / "report.md").exists()
+    assert (run_dir / "checkpoints" / "step_000006" / "model.safetensors").read_bytes() == weights
+
+
+def test_records_between_a_checkpoint_and_its_metrics_line_are_replayed(tiny, tmp_path):
+    whole = _sync_run(tiny, tmp_path / "whole")
+    killed = _sync_run(tiny, tmp_path / "killed")
+    # as if killed right after checkpoint step_000004 was written: metrics.jsonl ends at step 3
+    (killed / "checkpoints" / "latest").write_text("step_000004")
+    shutil.rmtree(killed / "checkpoints" / "step_000006")
+    records = read_jsonl(killed / "metrics.jsonl")
+    (killed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    (killed / "summary.json").unlink()
+    train(resume=killed, show_progress=False)
+    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert _untimed(killed) == _untimed(whole)
+    final = "checkpoints/step_000006/model.safetensors"
+    assert (killed / final).read_bytes() == (whole / final).read_bytes()
+
+
+def _tiny_model():
+    return load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
+
+
+def test_resaving_a_checkpoint_keeps_one_copy_whenever_it_is_killed(tmp_path, monkeypatch):
+    model, tok = _tiny_model()
+    state = RunState("rl", step=4, counters=Counters(trained_tokens=7))
+    checkpoint.save(tmp_path, "step_000004", model, tok, state, {"step": torch.tensor(1.0)}, keep=2)
+    replace = os.replace
+
+    def killed_at_the_rename(src, dst):  # the old copy moved aside, then the kill before the new one lands
+        if str(src).endswith(".tmp") and Path(dst).name == "step_000004":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_at_the_rename)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, "step_000004", model, tok, RunState("rl", step=4), None, keep=2)
+    found = checkpoint.latest(tmp_path)
+    assert found == tmp_path / "step_000004.old"
+    loaded, optimizer = checkpoint.load(found)
+    assert loaded.counters.trained_tokens == 7 and torch.equal(optimizer["step"], torch.tensor(1.0))
+
+
+def test_checkpoints_hold_no_pickle_and_no_non_finite_weight(tmp_path):
+    model, tok = _tiny_model()
+    path = checkpoint.save(tmp_path, "sft", model, tok, RunState("rl"), None, keep=2)
+    torch.load(path / checkpoint.TENSORS, weights_only=True)  # tensors and plain containers only
+    json.loads((path / checkpoint.STATE).read_text())
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    with pytest.raises(checkpoint.NonFiniteWeights, match="not saved"):
+        checkpoint.save(tmp_path, "step_000001", model, tok, RunState("rl"), None, keep=2)
+    assert checkpoint.latest(tmp_path) == path
+
+
+def test_a_failed_start_leaves_no_run_folder(tiny, tmp_path, monkeypatch):
+    def unreadable(*_args):  # a failure past validation, e.g. a model folder that cannot be read
+        raise OSError("model.safetensors: truncated")
+
+    monkeypatch.setattr("relayrl.run.load_model_and_tokenizer", unreadable)
+    with pytest.raises(OSError, match="truncated"):
+        train(load_config(None, tiny(tmp_path / "runs")), show_progress=False)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tiny, tmp_path):
+    whole = _sync_run(tiny, tmp_path / "whole")
+    early = tmp_path / "early" / "run"
+    early.mkdir(parents=True)
+    shutil.copy(whole / "config.yaml", early / "config.yaml")  # all a run killed during SFT leaves
+    train(resume=early, show_progress=False)
+    assert _untimed(early) == _untimed(whole)
