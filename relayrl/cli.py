@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from relayrl.config import ConfigError, load_config, split_args, task_preset, task_presets
+from relayrl.errors import TrainingError
 from relayrl.model_import import KNOWN_MODELS, ModelImportError, default_dir, import_gguf, import_known
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         i.error("--name names a --gguf import; a known model keeps its own name")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ModelImportError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ModelImportError, ValueError, TrainingError) as err:
         sys.exit(f"relayrl: error: {err}")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from relayrl import build, phases
 from relayrl.algorithms.sequences import to_sequences
 from relayrl.config import Config
+from relayrl.errors import TrainingError
 from relayrl.evaluation import report
 from relayrl.evaluation.metrics import spoc_metrics
 from relayrl.rewards.judge import pair_samples
@@ -25,7 +26,7 @@ from relayrl.run import Run, new_run_dir, open_run, remove_unstarted
 from relayrl.tracking import Tracker, read_jsonl, restore
 
 
-class NonFiniteTraining(RuntimeError):
+class NonFiniteTraining(TrainingError):
     pass
 
 

@@ -25,7 +25,7 @@ def tiny_overrides(run_dir, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny():
     return tiny_overrides
 

@@ -83,7 +83,7 @@ def test_judge_rewards_count_parse_failures_and_a_dead_judge_is_not_fatal(server
 def test_a_judge_that_scores_is_scaled_to_unit_rewards(monkeypatch):
     judge = PointwiseJudge("http://unused/v1")
     monkeypatch.setattr(PointwiseJudge, "ask", lambda self, content: ("Fine work. Score: 7", 12))
-    assert judge("#5", "5") == pytest.approx(0.7)
+    assert judge("#5", "5") == pytest.approx(0.7)  # 7 / 10 in Python floats: one rounding, rel 1e-6 is slack
 
 
 def test_runs_rewarded_by_a_reward_model_or_a_judge_are_audited_by_the_gold_verifier(tiny, tmp_path, server):
@@ -104,6 +104,7 @@ def test_runs_rewarded_by_a_reward_model_or_a_judge_are_audited_by_the_gold_veri
     assert records[-1]["reward_errors"] == 0
     assert len({round(r["reward"], 6) for r in records}) == 3  # a scalar model's rewards, not 0/1 counts
     audit = records[-1]
+    # the gap is that difference, in Python floats (one rounding, then a JSON round trip that keeps doubles exactly)
     assert audit["heldout_gold_gap"] == pytest.approx(audit["heldout_reward"] - audit["heldout_accuracy"])
     assert (run / "report.png").exists()
 

@@ -7,6 +7,7 @@ from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, 
 
 @pytest.mark.parametrize(("n", "c", "k"), [(10, 3, 1), (10, 3, 5), (8, 0, 4), (8, 8, 8), (20, 7, 10), (5, 4, 2)])
 def test_pass_at_k_closed_form(n, c, k):
+    # Python floats (double) both sides, a few roundings each: isclose's rel_tol 1e-9 is ~1e7 of them
     assert math.isclose(pass_at_k(n, c, k), 1 - math.comb(n - c, k) / math.comb(n, k))
 
 
@@ -17,7 +18,8 @@ def test_pass_at_1_is_fraction_correct():
 def test_wilson_interval_contains_estimate():
     lo, hi = wilson_interval(30, 100)
     assert lo < 0.3 < hi
-    assert math.isclose(lo, 0.2189, abs_tol=1e-3) and math.isclose(hi, 0.3958, abs_tol=1e-3)
+    # the references are quoted to 4 decimals (0.218948, 0.395850): 1e-4 holds their rounding (<= 5e-5)
+    assert math.isclose(lo, 0.2189, abs_tol=1e-4) and math.isclose(hi, 0.3958, abs_tol=1e-4)
 
 
 def test_majority_vote_ties_go_to_the_first_answer_and_none_abstains():
@@ -28,7 +30,7 @@ def test_majority_vote_ties_go_to_the_first_answer_and_none_abstains():
 
 def test_mean_interval_hand_computed():
     lo, hi = mean_interval([1.0, 0.0, 1.0, 1.0])  # mean 0.75, sample std 0.5, se 0.25
-    assert math.isclose(lo, 0.75 - 1.96 * 0.25) and hi == 1.0
+    assert math.isclose(lo, 0.75 - 1.96 * 0.25) and hi == 1.0  # double arithmetic; hi clamped to exactly 1
 
 
 def test_paired_gain_hand_computed():
@@ -40,7 +42,8 @@ def test_paired_gain_hand_computed():
 
     before, after = result([1, 0, 1, 0]), result([1, 1, 1, 0])
     gain = compare.paired_gain(after, before)  # differences 0, 1, 0, 0: mean 0.25, sample std 0.5, se 0.25
-    assert gain["value"] == 0.25
+    assert gain["value"] == 0.25  # exact: 1 / 4
+    # double arithmetic (sqrt, a few products): pytest.approx's rel 1e-6 is ~1e10 roundings
     assert gain["ci95"] == pytest.approx((0.25 - 1.96 * 0.25, 0.25 + 1.96 * 0.25))
     rows = [compare.summary("a", "t", before), compare.summary("b", "t", after, before)]
     assert "+25.0% (-24.0% to +74.0%)" in compare.table(rows).splitlines()[-1]

@@ -23,12 +23,19 @@ def _untimed(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMED} for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
-def _sync_run(tiny, tmp_path) -> Path:
-    return train(load_config(None, tiny(tmp_path / "runs", mode="sync", steps=6)), show_progress=False)
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory) -> Path:
+    """One finished sync run; tests that kill or damage a run work on a copy."""
+    root = tmp_path_factory.mktemp("finished")
+    return train(load_config(None, tiny(root / "runs", mode="sync", steps=6)), show_progress=False)
 
 
-def test_a_finished_run_resumes_to_a_no_op_and_rewrites_a_lost_report(tiny, tmp_path, capsys):
-    run_dir = _sync_run(tiny, tmp_path)
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+
+
+def test_a_finished_run_resumes_to_a_no_op_and_rewrites_a_lost_report(finished, tmp_path, capsys):
+    run_dir = _copy(finished, tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = _untimed(run_dir)
     weights = (run_dir / "checkpoints" / "step_000006" / "model.safetensors").read_bytes()
@@ -47,9 +54,8 @@ def test_a_finished_run_resumes_to_a_no_op_and_rewrites_a_lost_report(tiny, tmp_
     assert (run_dir / "checkpoints" / "step_000006" / "model.safetensors").read_bytes() == weights
 
 
-def test_records_between_a_checkpoint_and_its_metrics_line_are_replayed(tiny, tmp_path):
-    whole = _sync_run(tiny, tmp_path / "whole")
-    killed = _sync_run(tiny, tmp_path / "killed")
+def test_records_between_a_checkpoint_and_its_metrics_line_are_replayed(finished, tmp_path):
+    killed = _copy(finished, tmp_path)
     # as if killed right after checkpoint step_000004 was written: metrics.jsonl ends at step 3
     (killed / "checkpoints" / "latest").write_text("step_000004")
     shutil.rmtree(killed / "checkpoints" / "step_000006")
@@ -58,9 +64,9 @@ def test_records_between_a_checkpoint_and_its_metrics_line_are_replayed(tiny, tm
     (killed / "summary.json").unlink()
     train(resume=killed, show_progress=False)
     assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
-    assert _untimed(killed) == _untimed(whole)
+    assert _untimed(killed) == _untimed(finished)
     final = "checkpoints/step_000006/model.safetensors"
-    assert (killed / final).read_bytes() == (whole / final).read_bytes()
+    assert (killed / final).read_bytes() == (finished / final).read_bytes()
 
 
 def _tiny_model():
@@ -111,10 +117,9 @@ def test_a_failed_start_leaves_no_run_folder(tiny, tmp_path, monkeypatch):
     assert list((tmp_path / "runs").iterdir()) == []
 
 
-def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tiny, tmp_path):
-    whole = _sync_run(tiny, tmp_path / "whole")
-    early = tmp_path / "early" / "run"
-    early.mkdir(parents=True)
-    shutil.copy(whole / "config.yaml", early / "config.yaml")  # all a run killed during SFT leaves
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(finished, tmp_path):
+    early = tmp_path / "run"
+    early.mkdir()
+    shutil.copy(finished / "config.yaml", early / "config.yaml")  # all a run killed during SFT leaves
     train(resume=early, show_progress=False)
-    assert _untimed(early) == _untimed(whole)
+    assert _untimed(early) == _untimed(finished)

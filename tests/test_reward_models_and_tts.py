@@ -16,6 +16,7 @@ def test_bradley_terry_and_critic_rm_losses_by_hand():
     chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     # -log sigmoid(1) = log(1 + e^-1) = 0.313262; -log sigmoid(-2) = log(1 + e^2) = 2.126928
     bt = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(2))) / 2
+    # float32 softplus of 2 terms and their mean against doubles: a few roundings (2^-24 each); 1e-6 is ~17
     assert bradley_terry(chosen, rejected).item() == pytest.approx(bt, rel=1e-6)
     assert critic_rm(torch.tensor(2.0), chosen, rejected, 0.25).item() == pytest.approx(0.75 * 2.0 + 0.25 * bt)
     assert [critic_weight(s, 5) for s in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -32,6 +33,7 @@ def test_bradley_terry_and_critic_rm_losses_by_hand():
     ],
 )
 def test_preference_probability_is_stable_at_extreme_margins(margin, expected):
+    # Python floats (double): a sigmoid is a few roundings of 2^-53 = 1.1e-16 on a value <= 1
     assert preference_probability(margin) == pytest.approx(expected, abs=1e-15)
 
 
@@ -39,6 +41,7 @@ def test_bradley_terry_is_finite_at_extreme_logits():
     big = torch.tensor([1000.0, 1e30, 1e30])
     assert bradley_terry(big, -big).item() == 0.0  # sure and right: no loss, no overflow
     assert bradley_terry(torch.tensor([-1000.0]), torch.tensor([1000.0])).item() == pytest.approx(2000.0)
+    # softplus(x) = x for large x; 2e30 as float32 is 2^-24 relative off, within approx's rel 1e-6
     assert bradley_terry(torch.tensor([-1e30]), torch.tensor([1e30])).item() == pytest.approx(2e30)
     assert bradley_terry(torch.tensor([math.inf]), torch.tensor([0.0])).item() == 0.0
     assert bradley_terry(torch.tensor([-math.inf]), torch.tensor([0.0])).item() == math.inf  # certain and wrong

@@ -178,7 +178,7 @@ def test_message_rloo_hand_worked():
     got = message_rloo(samples, eps=0.0, verify_baseline="role")
     assert [len(a) for a in got] == [4, 2, 2]
     for g, e in zip(got, expected, strict=True):
-        assert g == pytest.approx(e)
+        assert g == pytest.approx(e)  # Python floats (statistics.fmean/stdev), eps=0: a few double roundings
     # verify_baseline="truth": verdicts on wrong solutions (samples 0 and 2: rewards 1, 0, std sqrt(1/2)) and on
     # right ones (samples 0 and 1: both 1, std 0 -> advantage 0) are separate pools; solutions are unchanged.
     v = math.sqrt(1 / 2)
@@ -188,6 +188,7 @@ def test_message_rloo_hand_worked():
         [(0 - 2 / 3) / s, (0 - 1) / v],
     ]
     for g, e in zip(message_rloo(samples), expected, strict=True):
+        # the default eps=1e-6 joins the std (>= sqrt(1/3)): each advantage is <= 1e-6 / 0.577 = 1.7e-6 relative off
         assert g == pytest.approx(e, rel=1e-5)
     with pytest.raises(ValueError, match="verify_baseline"):
         message_rloo(samples, verify_baseline="turn")

@@ -38,9 +38,12 @@ from relayrl.training.trainer import Sequence, Trainer
 
 
 def connect(cfg: RayConfig) -> None:
-    """Attach to `cfg.address`, or start a local Ray; a no-op when this process is already connected."""
+    """Attach to `cfg.address`, or start a local Ray of this run's own; a no-op when this process is connected.
+
+    "local", not None: with None Ray attaches to whatever cluster was started last on the machine (another
+    run's, or a test's), and that cluster's shutdown would kill this run's actors."""
     if not ray.is_initialized():
-        ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
+        ray.init(address=cfg.address or "local", include_dashboard=False, log_to_driver=False)
 
 
 def _options(cfg: RayConfig, cpus: float, gpus: float = 0.0, placed: bool = False) -> dict:

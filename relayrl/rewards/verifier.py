@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from pebble import ProcessPool
 
+from relayrl.errors import TrainingError
 from relayrl.rollout import Rollout
 from relayrl.schema import choice, non_negative, nonempty, positive, setting
 
@@ -27,7 +28,7 @@ RewardFn = Callable[..., float | list[float]]
 One that also takes a `prompt` parameter (reward models, judges) is given the prompt's text too."""
 
 
-class RewardError(RuntimeError):
+class RewardError(TrainingError):
     """A reward function returned a non-finite reward. Unlike a scorer that raises or hangs (an unreachable judge,
     a hostile completion: counted, and the run goes on), this is a bug in the reward function, and a NaN or inf
     reward would pass silently through the advantages into the loss; so the executors re-raise it and the

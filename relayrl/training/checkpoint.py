@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
+from relayrl.errors import TrainingError
 from relayrl.state import RunState
 
 hf_logging.disable_progress_bar()  # our own progress bar is the one to read
@@ -27,7 +28,7 @@ hf_logging.disable_progress_bar()  # our own progress bar is the one to read
 STATE, TENSORS = "run_state.json", "trainer_state.pt"
 
 
-class NonFiniteWeights(RuntimeError):
+class NonFiniteWeights(TrainingError):
     pass
 
 

@@ -1,0 +1,86 @@
+"""The README's main command (`relayrl train`, the embedded default) over seeds and CPU kernels.
+
+Run alone on the machine: .venv/bin/python bench/default_seeds.py [--seeds 0,1,2,3,4 --capabilities default,avx2]
+(writes bench/results/default_seeds.json). Each run is the plain command with `seed=N` and a run folder, in a
+fresh process whose `ATEN_CPU_CAPABILITY` picks torch's kernels: `default` and `avx2` sum floats in other orders,
+as another CPU would. Per run: held-out accuracy at RL's start and end, the gain in points, the wall time;
+top level the smallest gain, the largest wall time, and that wall time scaled to a 200 GFLOP/s machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import save
+from matmul_peak import gflops
+
+
+def run(seed: int, capability: str, root: Path) -> dict:
+    env = os.environ | {"ATEN_CPU_CAPABILITY": capability}
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "relayrl.cli", "train", f"seed={seed}", f"run_dir={root}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise RuntimeError(f"seed {seed}, {capability}: {out.stderr[-2000:]}")
+    run_dir = next(p for p in root.iterdir() if p.is_dir())
+    s = json.loads((run_dir / "summary.json").read_text())
+    row = {
+        "seed": seed,
+        "capability": capability,
+        "start": s["heldout_accuracy_start"],
+        "end": s["heldout_accuracy_end"],
+        "gain_points": 100 * (s["heldout_accuracy_end"] - s["heldout_accuracy_start"]),
+        "wall_s": wall,
+        "sft_s": s["sft_seconds"],
+        "rl_s": s["rl_seconds"],
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--capabilities", default="default,avx2")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    peak = gflops(os.cpu_count() or 1)  # this machine's, measured now: the wall times scale by it
+    rows = []
+    for capability in args.capabilities.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            with tempfile.TemporaryDirectory(prefix="relayrl-default-") as tmp:
+                rows.append(run(seed, capability, Path(tmp)))
+    max_wall = max(r["wall_s"] for r in rows)
+    save(
+        {
+            "min_gain_points": min(r["gain_points"] for r in rows),
+            "mean_gain_points": sum(r["gain_points"] for r in rows) / len(rows),
+            "max_wall_s": max_wall,
+            "matmul_peak_gflops": peak,
+            "max_wall_s_at_200_gflops": max_wall * peak / 200,
+            "start_range": [min(r["start"] for r in rows), max(r["start"] for r in rows)],
+            "end_range": [min(r["end"] for r in rows), max(r["end"] for r in rows)],
+            "runs_with_gain_20_or_more": sum(r["gain_points"] >= 20 for r in rows),
+            "runs": len(rows),
+            "rows": rows,
+        },
+        args.out,
+        "default_seeds",
+    )
+
+
+if __name__ == "__main__":
+    main()
