@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import save
 
 TIMED = {"gen_seconds", "wait_seconds", "train_seconds", "tokens_per_second", "gen_share", "sync_seconds", "sync_share"}
-TIMED_PREFIX = ("replica", "reissue")  # Ray: per-replica tokens/s
+# Ray: per-replica tokens/s (wall clock) and reissued prompts (a count of this session's reissues)
+UNCOMPARED = ("_tokens_per_second", "reissued_prompts")
 CONFIG = {  # about 20 s uninterrupted: a tiny model, SFT, then RL with a checkpoint every other step
     "model.hidden": 32,
     "model.layers": 2,
@@ -159,7 +160,7 @@ def _untimed(run: Path) -> list[str]:
     lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
     kept = []
     for line in lines:
-        record = {k: v for k, v in json.loads(line).items() if k not in TIMED and not k.startswith(TIMED_PREFIX)}
+        record = {k: v for k, v in json.loads(line).items() if k not in TIMED and not k.endswith(UNCOMPARED)}
         kept.append(json.dumps(record, sort_keys=True))
     return kept
 

@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ConfigError, FileNotFoundError, ModelImportError, ValueError, TrainingError) as err:
         sys.exit(f"relayrl: error: {err}")
+    except KeyboardInterrupt:  # the RL loop checkpoints on Ctrl-C; before it (start-up, SFT) nothing is kept
+        sys.exit("relayrl: interrupted")
 
 
 if __name__ == "__main__":

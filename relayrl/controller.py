@@ -9,6 +9,7 @@ not by timing, and the run is reproducible; AIPO corrects the lag.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections import deque
@@ -17,17 +18,14 @@ from pathlib import Path
 from relayrl import build, phases
 from relayrl.algorithms.sequences import to_sequences
 from relayrl.config import Config
-from relayrl.errors import TrainingError
+from relayrl.errors import nonfinite_streak
 from relayrl.evaluation import report
 from relayrl.evaluation.metrics import spoc_metrics
+from relayrl.recipes import spoc
 from relayrl.rewards.judge import pair_samples
 from relayrl.rollout import Rollout, message_wise
 from relayrl.run import Run, new_run_dir, open_run, remove_unstarted
 from relayrl.tracking import Tracker, read_jsonl, restore
-
-
-class NonFiniteTraining(TrainingError):
-    pass
 
 
 class StopFlag:
@@ -58,8 +56,9 @@ def train(cfg: Config | None = None, resume: Path | None = None, show_progress: 
             return run_dir
         stop = StopFlag()
         try:
-            phases.prepare(run, stop, show_progress)  # SFT warm start and the recipe's phases, if still to do
-            if run.state.step < cfg.steps:
+            prepare = spoc.prepare if cfg.recipe == "spoc" else phases.prepare
+            prepare(run, stop, show_progress)  # the SFT warm start and the recipe's phases, if still to do
+            if run.state.step < cfg.steps and not stop.requested:
                 _loop(cfg, run, stop, show_progress)
         finally:
             stop.restore()
@@ -70,7 +69,7 @@ def train(cfg: Config | None = None, resume: Path | None = None, show_progress: 
     if run.state.final is None:
         print(f"stopped at step {run.state.step}; continue with: relayrl train --resume {run_dir}")
         return run_dir
-    restore(run_dir / "metrics.jsonl", run.state.step, run.state.records)  # a resumed finished run: its last records
+    restore(run_dir / "metrics.jsonl", run.state.step, run.state.records)  # records a kill may have cost
     records = read_jsonl(run_dir / "metrics.jsonl")
     report.write(run_dir, records, phases.summary(run, records))
     start, end = run.state.start.accuracy, run.state.final.accuracy
@@ -86,12 +85,21 @@ def message_metrics(rollouts: list[Rollout]) -> dict[str, float | None]:
 
 
 def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
-    trainer, generator, scorer = build.trainer(run), build.generator(run), build.scorer(run)
+    with contextlib.ExitStack() as opened:  # whatever was started is closed, however the loop ends
+        trainer = opened.enter_context(contextlib.closing(build.trainer(run)))
+        generator = opened.enter_context(contextlib.closing(build.generator(run)))
+        scorer = opened.enter_context(contextlib.closing(build.scorer(run)))
+        tracker = opened.enter_context(
+            contextlib.closing(Tracker(run.dir, run.state.step, cfg.steps, run.state.records, show_progress))
+        )
+        _steps(cfg, run, stop, trainer, generator, scorer, tracker)
+
+
+def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tracker: Tracker) -> None:
     state, counters = run.state, run.state.counters
     depth = cfg.max_staleness + 1 if cfg.mode == "async" else 1
     pending = deque(state.pending)  # generated before a checkpoint, not yet trained on
     next_batch = state.step + len(pending)
-    tracker = Tracker(run.dir, state.step, cfg.steps, state.records, show_progress)
     records: list[dict] = []  # since the last checkpoint, which will hold them
 
     def submit_up_to(limit: int) -> None:
@@ -113,80 +121,63 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
     generator.publish(trainer.weights(), state.step)
     submit_up_to(state.step + depth)
-    try:
-        while state.step < cfg.steps and not stop.requested:
-            t0 = time.perf_counter()
-            rollouts, gen_seconds = pending.popleft() if pending else generator.collect()
-            t1 = time.perf_counter()
-            fresh = [r for r in rollouts if state.step - r.version <= cfg.max_staleness]
-            if cfg.reward.pairs_samples:
-                pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
-            reward_stats = scorer.score(fresh)
-            a = cfg.algorithm
-            seqs = to_sequences(fresh, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage)
-            metrics = trainer.step(seqs)
-            _count_nonfinite(state, metrics, cfg.optim.max_nonfinite_steps)
-            if a.drop_zero_advantage:  # with incomplete groups (stale rollouts dropped) also left out
-                metrics["untrained_rollouts"] = len(fresh) - len(seqs)
-            state.step += 1
-            t2 = time.perf_counter()
-            counters.dropped_stale += len(rollouts) - len(fresh)
-            counters.reward_failures += int(reward_stats["reward_timeouts"] + reward_stats["reward_errors"])
+    while state.step < cfg.steps and not stop.requested:
+        t0 = time.perf_counter()
+        rollouts, gen_seconds = pending.popleft() if pending else generator.collect()
+        t1 = time.perf_counter()
+        fresh = [r for r in rollouts if state.step - r.version <= cfg.max_staleness]
+        if cfg.reward.pairs_samples:
+            pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
+        reward_stats = scorer.score(fresh)
+        a = cfg.algorithm
+        seqs = to_sequences(fresh, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage)
+        metrics = trainer.step(seqs)
+        skipped = bool(metrics["skipped_nonfinite"])
+        limit = cfg.optim.max_nonfinite_steps
+        state.nonfinite_in_a_row = nonfinite_streak(skipped, state.nonfinite_in_a_row, limit, f"step {state.step + 1}")
+        # left out: incomplete groups (stale rollouts dropped), zero advantages (drop_zero_advantage), a skipped step
+        metrics["untrained_rollouts"] = len(fresh) - (0 if skipped else len(seqs))
+        state.step += 1
+        t2 = time.perf_counter()
+        counters.dropped_stale += len(rollouts) - len(fresh)
+        counters.reward_failures += int(reward_stats["reward_timeouts"] + reward_stats["reward_errors"])
+        counters.nonfinite_steps += skipped
+        if not skipped:
             counters.trained_tokens += int(metrics["trained_tokens"])
             counters.rollouts_trained += len(seqs)
-            metrics |= reward_stats | {
-                "reward": sum(r.reward for r in fresh) / len(fresh),
-                "completion_length": sum(len(r.completion_ids) for r in fresh) / len(fresh),
-                "staleness": sum(state.step - 1 - r.version for r in fresh) / len(fresh),
-                "dropped_stale": counters.dropped_stale,
-                "rollouts_trained": counters.rollouts_trained,
-                "nonfinite_steps": counters.nonfinite_steps,
-                "gen_seconds": gen_seconds,
-                "wait_seconds": t1 - t0,
-                "train_seconds": t2 - t1,
-                "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
-                "gen_share": gen_seconds / (gen_seconds + t2 - t1),
-            }
-            metrics |= message_metrics(fresh)  # SPOC's, of the rollouts trained on
-            metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
-            if cfg.executors == "ray" and fresh:
-                metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica
-            t3 = time.perf_counter()
-            generator.publish(trainer.weights(), state.step)
-            sync = time.perf_counter() - t3
-            metrics |= {"sync_seconds": sync, "sync_bytes": weight_bytes, "sync_share": sync / (t2 - t0 + sync)}
-            submit_up_to(state.step + depth)
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                trainer.copy_to(run.model)
-                score, heldout_metrics = phases.heldout(run)
-                metrics |= heldout_metrics
-                if state.step == cfg.steps:
-                    state.final = score
-            counters.rl_seconds += time.perf_counter() - t0
-            record = {"step": state.step, **metrics}
-            records.append(record)
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps or stop.requested:
-                checkpoint()  # before the record is logged: a kill in between loses nothing (it is replayed)
-            tracker.log(record)
-        if stop.requested and saved != state.step:  # Ctrl-C came after this step's checkpoint decision
-            checkpoint()
-    finally:
-        tracker.close()
-        generator.close()
-        scorer.close()
-        trainer.close()
-
-
-def _count_nonfinite(state, metrics: dict, limit: int) -> None:
-    """The trainer skipped a step whose loss or gradient was not finite: count it; stop after `limit` in a row."""
-    if not metrics["skipped_nonfinite"]:
-        state.nonfinite_in_a_row = 0
-        return
-    state.counters.nonfinite_steps += 1
-    state.nonfinite_in_a_row += 1
-    print(f"step {state.step + 1}: non-finite loss or gradient (loss {metrics['loss']}); update skipped")
-    if state.nonfinite_in_a_row >= limit:
-        raise NonFiniteTraining(
-            f"{limit} steps in a row had a non-finite loss or gradient (optim.max_nonfinite_steps); the last"
-            f" checkpoint holds the run before them. Lower optim.lr, check the reward values, or raise the limit"
-        )
+        metrics |= reward_stats | {
+            "reward": sum(r.reward for r in fresh) / len(fresh),
+            "completion_length": sum(len(r.completion_ids) for r in fresh) / len(fresh),
+            "staleness": sum(state.step - 1 - r.version for r in fresh) / len(fresh),
+            "dropped_stale": counters.dropped_stale,
+            "rollouts_trained": counters.rollouts_trained,
+            "nonfinite_steps": counters.nonfinite_steps,
+            "gen_seconds": gen_seconds,
+            "wait_seconds": t1 - t0,
+            "train_seconds": t2 - t1,
+            "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
+            "gen_share": gen_seconds / (gen_seconds + t2 - t1),
+        }
+        metrics |= message_metrics(fresh)  # SPOC's, of the rollouts trained on
+        metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
+        if cfg.executors == "ray" and fresh:
+            metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica
+        t3 = time.perf_counter()
+        generator.publish(trainer.weights(), state.step)
+        sync = time.perf_counter() - t3
+        metrics |= {"sync_seconds": sync, "sync_bytes": weight_bytes, "sync_share": sync / (t2 - t0 + sync)}
+        submit_up_to(state.step + depth)
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            trainer.copy_to(run.model)
+            score, heldout_metrics = phases.heldout(run)
+            metrics |= heldout_metrics
+            if state.step == cfg.steps:
+                state.final = score
+        counters.rl_seconds += time.perf_counter() - t0
+        record = {"step": state.step, **metrics}
+        records.append(record)
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps or stop.requested:
+            checkpoint()  # before the record is logged: a kill in between loses nothing (it is replayed)
+        tracker.log(record)
+    if stop.requested and saved != state.step:  # Ctrl-C came after this step's checkpoint decision
+        checkpoint()

@@ -4,6 +4,7 @@ its audit, and the summary. The controller runs them around its loop; recipes (r
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from rich.progress import track
 from relayrl import build
 from relayrl.algorithms.reward_losses import preference_probability
 from relayrl.algorithms.sequences import Sequence
+from relayrl.errors import nonfinite_streak
 from relayrl.evaluation.evaluate import EvalResult, evaluate
 from relayrl.generation.sampler import encode_prompt, prompt_text
 from relayrl.run import Run
@@ -22,12 +24,9 @@ from relayrl.training.trainer import Trainer
 
 
 def prepare(run: Run, stop, show_progress: bool = True) -> None:
-    """The phases before RL (the recipe's), each resumed from the checkpoint state; nothing once RL began."""
-    if run.cfg.recipe == "spoc":
-        from relayrl.recipes import spoc
-
-        spoc.prepare(run, stop, show_progress)
-    elif run.state is None:
+    """The phases before RL: the SFT warm start and RL's starting point, unless the checkpoint is past them
+    (a recipe composes its own: recipes/spoc.py)."""
+    if run.state is None:
         t0 = time.perf_counter()
         warm_start(run, stop, show_progress)
         start_rl(run, time.perf_counter() - t0)
@@ -40,10 +39,12 @@ def supervise(
     torch.set_num_threads(min(run.gen_threads + run.train_threads, os.cpu_count() or 1))
     optim = dataclasses.replace(run.cfg.optim, lr=lr)
     trainer = Trainer(run.model, optim, run.cfg.algorithm, run.tokenizer.pad_token_id)
+    in_a_row = 0
     for step in track(range(steps), description=description, disable=not show_progress):
         if stop.requested:
             raise KeyboardInterrupt
-        trainer.step(batch(step), supervised=True)
+        skipped = bool(trainer.step(batch(step), supervised=True)["skipped_nonfinite"])
+        in_a_row = nonfinite_streak(skipped, in_a_row, optim.max_nonfinite_steps, f"{description} step {step + 1}")
 
 
 def warm_start(run: Run, stop, show_progress: bool = True) -> None:
@@ -89,6 +90,8 @@ def audit(run: Run, result: EvalResult) -> dict:
         try:
             value = float(fn(o["greedy"], o["answer"], prompt=prompt_text(run.tokenizer, o["prompt"])))
         except Exception:  # a judge that fails is counted, never fatal
+            value = math.nan
+        if not math.isfinite(value):  # nor is a NaN: it would only hide the audit's mean
             failures += 1
             continue
         scores.append(preference_probability(value) if cfg.reward.source == "reward_model" else value)

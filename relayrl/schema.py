@@ -112,7 +112,10 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if kind in (list, tuple):
         if not isinstance(value, list | tuple):
             return f"must be a list; got {value!r}"
-        elem = (typing.get_args(hint) or (Any,))[0]
+        args = typing.get_args(hint)
+        if kind is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            return f"must hold {len(args)} values; got {list(value)!r}"
+        elem = (args or (Any,))[0]
         return next(filter(None, (_type_problem(v, elem) for v in value)), None)
     if kind is dict:
         return None if isinstance(value, dict) else f"must be a mapping; got {value!r}"

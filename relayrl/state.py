@@ -1,8 +1,8 @@
 """The state of a run that lasts: what a checkpoint saves and a resumed run continues from.
 
-One typed record, written in one place (`Run.save`), read in one place (`checkpoint.load_state`). It is stored as
-JSON: plain data only, so loading a checkpoint never runs code (tensors — the optimizer's state and torch's RNG —
-go to a tensors-only file read with `torch.load(weights_only=True)`).
+One typed record, written in one place (`Run.save`), read in one place (`checkpoint.load`). It is stored as JSON:
+plain data only, so loading a checkpoint never runs code (tensors — the optimizer's state and torch's RNG — go to a
+tensors-only file read with `torch.load(weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -52,12 +52,10 @@ class RunState:
     records: list[dict] = field(default_factory=list)
     nonfinite_in_a_row: int = 0
     pair_sft: dict | None = None  # SPOC: PairSFT statistics
-    pair_sft_data: list | None = None  # SPOC: the PairSFT examples (recipes.spoc.PairExample), kept for resume
+    pair_sft_data: list[dict] | None = None  # SPOC: the PairSFT examples as `PairExample.from_json` reads them
 
     def to_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["pending"] = [[[dataclasses.asdict(r) for r in rollouts], seconds] for rollouts, seconds in self.pending]
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> RunState:

@@ -25,10 +25,21 @@ def restore(path: Path, step: int, replay: list[dict]) -> None:
     """metrics.jsonl as of the checkpoint of `step`: the records before `replay` (the checkpoint's own, since the
     previous one) as the file has them, then `replay`; a resumed run recomputes everything after."""
     first = replay[0]["step"] if replay else step + 1
-    kept = [r for r in read_jsonl(path) if r["step"] < first]
+    lines = path.read_text().splitlines() if path.exists() else []
+    if lines and not _parses(lines[-1]):  # cut short by the kill: it was after the checkpoint anyway
+        lines.pop()
+    kept = [r for r in map(json.loads, filter(str.strip, lines)) if r["step"] < first]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in [*kept, *replay]))
     tmp.replace(path)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 class Tracker:

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from relayrl.controller import NonFiniteTraining, _count_nonfinite
+from relayrl.errors import NonFiniteTraining, nonfinite_streak
 from relayrl.models import TinySize, load_model_and_tokenizer
-from relayrl.state import RunState
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Sequence, Trainer
 
 
@@ -31,13 +30,12 @@ def test_a_non_finite_step_is_skipped_and_leaves_weights_and_adam_untouched():
 
 
 def test_non_finite_steps_in_a_row_stop_the_run_with_a_named_limit():
-    state = RunState("rl")
-    skipped, fine = {"skipped_nonfinite": 1.0, "loss": math.nan}, {"skipped_nonfinite": 0.0, "loss": 0.5}
-    for metrics in (skipped, skipped, fine, skipped, skipped):  # a finite step resets the count in a row
-        _count_nonfinite(state, metrics, limit=3)
-    assert state.counters.nonfinite_steps == 4 and state.nonfinite_in_a_row == 2
+    in_a_row = 0
+    for skipped in (True, True, False, True, True):  # a finite step resets the count in a row
+        in_a_row = nonfinite_streak(skipped, in_a_row, limit=3, where="step")
+    assert in_a_row == 2
     with pytest.raises(NonFiniteTraining, match=r"optim\.max_nonfinite_steps"):
-        _count_nonfinite(state, skipped, limit=3)
+        nonfinite_streak(True, in_a_row, limit=3, where="step")
 
 
 def test_ppo_clip_fraction_counts_only_the_side_where_the_clip_binds():

@@ -123,3 +123,36 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(finishe
     shutil.copy(finished / "config.yaml", early / "config.yaml")  # all a run killed during SFT leaves
     train(resume=early, show_progress=False)
     assert _untimed(early) == _untimed(finished)
+
+
+def test_a_latest_pointer_to_nothing_loadable_is_an_error_not_a_fresh_start(tmp_path):
+    model, tok = _tiny_model()
+    checkpoint.save(tmp_path, "sft", model, tok, RunState("rl"), None, keep=2)
+    (tmp_path / "latest").write_text("step_000004")
+    with pytest.raises(checkpoint.CheckpointError, match="missing or incomplete"):
+        checkpoint.latest(tmp_path)
+    (tmp_path / "step_000004").mkdir()
+    torch.save({"phase": "rl"}, tmp_path / "step_000004" / checkpoint.TENSORS)  # the older, pickled format
+    with pytest.raises(checkpoint.CheckpointError, match="older relayrl"):
+        checkpoint.latest(tmp_path)
+
+
+def test_steps_of_a_cut_off_timeline_never_outlive_the_checkpoint_just_written(tmp_path):
+    model, tok = _tiny_model()
+    for name in ("step_000002", "step_000004", "step_000006"):
+        checkpoint.save(tmp_path, name, model, tok, RunState("rl"), None, keep=1)
+    # a kill after step_000008 was renamed into place but before `latest` named it; the resumed run, from
+    # step_000006, is stopped at step 7
+    (tmp_path / "step_000008").mkdir()
+    checkpoint.save(tmp_path, "step_000007", model, tok, RunState("rl", step=7), None, keep=1)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000007"]
+    assert checkpoint.latest(tmp_path) == tmp_path / "step_000007"
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    from relayrl.tracking import restore
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    restore(path, 2, [])
+    assert read_jsonl(path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]

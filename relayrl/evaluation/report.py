@@ -55,7 +55,7 @@ def start_record(summary: dict) -> dict:
 
 
 def write(run_dir: Path, records: list[dict], summary: dict) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """report.png, report.md, then summary.json, renamed into place last: it marks a finished run's report."""
     s = summary
     plot([start_record(s), *records], run_dir / "report.png")  # the held-out curve starts where RL did
     lines = [
@@ -78,6 +78,9 @@ def write(run_dir: Path, records: list[dict], summary: dict) -> None:
         "",
     ]
     (run_dir / "report.md").write_text("\n".join(lines))
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(run_dir / "summary.json")
 
 
 def _messages_table(start: dict, end: dict) -> list[str]:

@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
 
+from relayrl.errors import TrainingError
 from relayrl.executors.weights import load_flat
 from relayrl.generation.messages import Span, token_messages
 from relayrl.generation.sampler import SamplingConfig, sample
@@ -169,9 +170,9 @@ class ProcessGenerator:
                 break
             except queue.Empty:
                 if not self.proc.is_alive():
-                    raise RuntimeError(f"generator process died (exit code {self.proc.exitcode})") from None
+                    raise TrainingError(f"generator process died (exit code {self.proc.exitcode})") from None
         if status == "error":
-            raise RuntimeError(f"generator failed: {payload}")
+            raise TrainingError(f"generator failed: {payload}")
         return payload
 
     def stats(self) -> dict[str, float]:

@@ -27,6 +27,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from transformers import AutoModelForCausalLM
 
+from relayrl.errors import TrainingError
 from relayrl.executors import weight_sync
 from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
 from relayrl.executors.ray_config import RayConfig
@@ -65,8 +66,10 @@ def _here() -> NodeAffinitySchedulingStrategy:
 def _wait_ready(actors: list, what: str, cfg: RayConfig) -> None:
     try:
         ray.get([a.node.remote() for a in actors], timeout=cfg.start_timeout)
+    except RayActorError as e:
+        raise TrainingError(f"ray: a {what} actor died while starting: {str(e).splitlines()[0]}") from None
     except GetTimeoutError:
-        raise RuntimeError(
+        raise TrainingError(
             f"ray: {what} did not start within ray.start_timeout={cfg.start_timeout}s; the cluster has "
             f"{ray.available_resources()} free: lower ray.{what}_cpus / ray.{what}_gpus or the replica count"
         ) from None
@@ -213,7 +216,7 @@ class RayGenerator:
                 break
             except RayActorError:  # Ray restarts the replica: send the lost call again, once it is back
                 if self.pg is not None:
-                    raise RuntimeError(
+                    raise TrainingError(
                         f"generator replica {call.replica} died; with ray.weight_sync=broadcast its sync group "
                         "cannot be re-formed: continue with relayrl train --resume RUN_DIR, or use "
                         "ray.weight_sync=object_store"
@@ -235,7 +238,7 @@ class RayGenerator:
                 return
             except RayActorError:  # still restarting (or out of ray.max_restarts: then it stays dead)
                 time.sleep(0.5)
-        raise RuntimeError(
+        raise TrainingError(
             f"generator replica {replica} is dead and was not restarted within ray.start_timeout="
             f"{self.cfg.start_timeout}s (ray.max_restarts={self.cfg.max_restarts})"
         )
@@ -396,7 +399,7 @@ class RayTrainer:
             try:
                 ray.get(self.group.ready(), timeout=cfg.start_timeout)
             except GetTimeoutError:
-                raise RuntimeError(
+                raise TrainingError(
                     f"ray: {k} trainer ranks of {bundle} did not fit within ray.start_timeout={cfg.start_timeout}s; "
                     f"the cluster has {ray.available_resources()} free"
                 ) from None

@@ -71,13 +71,22 @@ def save(root: Path, name: str, model, tokenizer, state: RunState, optimizer: di
     _write_atomic(root / "latest", name)
     shutil.rmtree(old, ignore_errors=True)
     steps = sorted(p for p in root.glob("step_*") if p.is_dir() and p.suffix not in (".tmp", ".old"))
-    for stale in steps[:-keep] if keep else []:
+    # later steps than this one belong to a timeline a kill cut off (this run is recomputing them): never keep them
+    # in place of the checkpoint just written
+    later = [p for p in steps if p.name > name] if name.startswith("step_") else []
+    earlier = [p for p in steps if p not in later and p != final]
+    for stale in later + (earlier[: max(0, len(earlier) - keep + 1)] if keep else []):
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+class CheckpointError(TrainingError):
+    pass
+
+
 def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint; its `.old` copy if a kill came while it was being replaced."""
+    """The newest checkpoint (its `.old` copy if a kill came while it was being replaced); None if none was ever
+    written. A `latest` that names nothing loadable is an error, never a silent fresh start."""
     pointer = root / "latest"
     if not pointer.exists():
         return None
@@ -85,12 +94,18 @@ def latest(root: Path) -> Path | None:
     for path in (root / name, root / f"{name}.old"):
         if (path / STATE).exists():
             return path
-    return None
+    if (root / name / TENSORS).exists():
+        raise CheckpointError(f"{root / name}: written by an older relayrl (a pickled state); it cannot be resumed")
+    raise CheckpointError(f"{root / 'latest'} names {name!r}, which is missing or incomplete; nothing to resume from")
 
 
 def load(path: Path) -> tuple[RunState, dict | None]:
     """The run state and optimizer state of checkpoint `path`; restores the RNGs as they were at the save."""
-    saved = json.loads((path / STATE).read_text())
-    tensors = torch.load(path / TENSORS, weights_only=True)
+    try:
+        saved = json.loads((path / STATE).read_text())
+        tensors = torch.load(path / TENSORS, weights_only=True)
+        state = RunState.from_json(saved["state"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     _set_rng_state(saved["rng"], tensors["torch_rng"])
-    return RunState.from_json(saved["state"]), tensors["optimizer"]
+    return state, tensors["optimizer"]
