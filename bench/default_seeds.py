@@ -51,6 +51,22 @@ def run(seed: int, capability: str, root: Path) -> dict:
     return row
 
 
+def summary(rows: list[dict], peak: float) -> dict:
+    max_wall = max(r["wall_s"] for r in rows)
+    return {
+        "min_gain_points": min(r["gain_points"] for r in rows),
+        "mean_gain_points": sum(r["gain_points"] for r in rows) / len(rows),
+        "max_wall_s": max_wall,
+        "matmul_peak_gflops": peak,
+        "max_wall_s_at_200_gflops": max_wall * peak / 200,
+        "start_range": [min(r["start"] for r in rows), max(r["start"] for r in rows)],
+        "end_range": [min(r["end"] for r in rows), max(r["end"] for r in rows)],
+        "runs_with_gain_20_or_more": sum(r["gain_points"] >= 20 for r in rows),
+        "runs": len(rows),
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2,3,4")
@@ -63,23 +79,7 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             with tempfile.TemporaryDirectory(prefix="relayrl-default-") as tmp:
                 rows.append(run(seed, capability, Path(tmp)))
-    max_wall = max(r["wall_s"] for r in rows)
-    save(
-        {
-            "min_gain_points": min(r["gain_points"] for r in rows),
-            "mean_gain_points": sum(r["gain_points"] for r in rows) / len(rows),
-            "max_wall_s": max_wall,
-            "matmul_peak_gflops": peak,
-            "max_wall_s_at_200_gflops": max_wall * peak / 200,
-            "start_range": [min(r["start"] for r in rows), max(r["start"] for r in rows)],
-            "end_range": [min(r["end"] for r in rows), max(r["end"] for r in rows)],
-            "runs_with_gain_20_or_more": sum(r["gain_points"] >= 20 for r in rows),
-            "runs": len(rows),
-            "rows": rows,
-        },
-        args.out,
-        "default_seeds",
-    )
+            save(summary(rows, peak), args.out, "default_seeds")  # after every run: a stopped bench keeps its rows
 
 
 if __name__ == "__main__":
