@@ -1,6 +1,7 @@
 """Chaos: SIGKILL `relayrl train` at random moments in every phase, resume it, and compare with a run never killed.
 
-Run: .venv/bin/python bench/chaos.py [--sync 20 --async 20 --ray 5 --seed 0]   (writes bench/results/chaos.json)
+Run: .venv/bin/python bench/chaos.py [--sync 20 --async 20 --ray 5 --seed 0]   (writes bench/results/chaos.json;
+a mode given 0 keeps the rows it has there)
 
 Each mode first runs once uninterrupted, recording when each phase begins (the run folder appears, checkpoint
 `sft`, each step checkpoint, summary.json, exit). Each kill then targets one phase: start-up (before the run
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -225,11 +227,14 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    result: dict = {"config": CONFIG, "modes": {}}
+    # a mode given 0 kills keeps its rows from the last result (rerun one mode without the others' 40 minutes)
+    earlier = Path(args.out) / "chaos.json"
+    kept = json.loads(earlier.read_text())["modes"] if earlier.exists() else {}
+    result: dict = {"config": CONFIG, "modes": kept}
     with tempfile.TemporaryDirectory(prefix="relayrl-chaos-") as tmp:
         for mode, n in (("sync", args.sync), ("async", args.asyn), ("ray", args.ray)):
             if n:
-                result["modes"][mode] = chaos(mode, n, rng, Path(tmp))
+                result["modes"][mode] = chaos(mode, n, rng, Path(tmp)) | {"command": shlex.join(sys.argv)}
     rows = {m: r["rows"] for m, r in result["modes"].items()}
     result |= {
         "sync_identical": sum(r["identical"] for r in rows.get("sync", [])),

@@ -115,7 +115,13 @@ def test_runs_rewarded_by_a_reward_model_or_a_judge_are_audited_by_the_gold_veri
                 tmp_path / "judge_run",
                 steps=2,
                 eval_every=2,
-                **{"reward.source": "judge", "reward.judge_url": server, "reward.timeout": 60},
+                # 16 tokens a reply: an untrained model writes no score in 256 either, and 16 takes 1/16 the time
+                **{
+                    "reward.source": "judge",
+                    "reward.judge_url": server,
+                    "reward.timeout": 60,
+                    "reward.judge_max_tokens": 16,
+                },
             ),
         ),
         show_progress=False,

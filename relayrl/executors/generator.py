@@ -24,6 +24,7 @@ from relayrl.errors import TrainingError
 from relayrl.executors.weights import load_flat
 from relayrl.generation.messages import Span, token_messages
 from relayrl.generation.sampler import SamplingConfig, sample
+from relayrl.orphans import die_with_parent
 from relayrl.rollout import Rollout
 
 
@@ -122,10 +123,13 @@ class LocalGenerator:
         self.queue.clear()
 
 
-def _serve(inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int) -> None:
+def _serve(
+    inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int, parent: int
+) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     torch.set_num_threads(threads)
-    worker, parent = GeneratorWorker(model_config, tokenizer, sampling, split), os.getppid()
+    worker = GeneratorWorker(model_config, tokenizer, sampling, split)
     while True:
         try:
             kind, *args = inbox.get(timeout=1.0)
@@ -152,7 +156,7 @@ class ProcessGenerator:
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
         self.proc = ctx.Process(
             target=_serve,
-            args=(self.inbox, self.outbox, model_config, tokenizer, sampling, split, threads),
+            args=(self.inbox, self.outbox, model_config, tokenizer, sampling, split, threads, os.getpid()),
             daemon=True,
         )
         self.proc.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pebble import ProcessPool
 
 from relayrl.errors import TrainingError
+from relayrl.orphans import die_with_parent
 from relayrl.rollout import Rollout
 from relayrl.schema import choice, non_negative, nonempty, positive, setting
 
@@ -61,9 +63,8 @@ class RewardConfig:
     # task: its verifier | reward_model: `model` | judge: `judge_url` or `judge_model_path`
     source: str = choice("task", "reward_model", "judge")
     model: str = ""  # source=reward_model: a reward-model folder (relayrl rm train)
-    critiques: int = non_negative(
-        0
-    )  # source=reward_model, a Critic-RM folder: critiques averaged per response; 0: its own M
+    # source=reward_model, a Critic-RM folder: critiques averaged per response; 0: its own M
+    critiques: int = non_negative(0)
     judge_url: str = ""  # source=judge: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
     judge_model: str = nonempty("judge")  # the model name sent to that endpoint
     judge_model_path: str = ""  # source=judge, instead of judge_url: a judge model (folder, hub id) run in-process
@@ -86,7 +87,8 @@ class RewardConfig:
 class VerifierScorer:
     def __init__(self, scorer: RewardFn, cfg: RewardConfig):
         self.scorer, self.cfg, self.with_prompt = scorer, cfg, takes_prompt(scorer)
-        self.pool = ProcessPool(max_workers=cfg.workers, context=multiprocessing.get_context("spawn"))
+        spawn, me = multiprocessing.get_context("spawn"), os.getpid()
+        self.pool = ProcessPool(max_workers=cfg.workers, context=spawn, initializer=die_with_parent, initargs=(me,))
 
     def score(self, rollouts: list[Rollout]) -> dict[str, float]:
         futures = [
