@@ -1,10 +1,15 @@
-"""The README's main command (`relayrl train`, the embedded default) over seeds and CPU kernels.
+"""A `relayrl train` command over seeds and CPU kernels: by default the README's main command (the embedded default).
 
-Run alone on the machine: .venv/bin/python bench/default_seeds.py [--seeds 0,1,2,3,4 --capabilities default,avx2]
-(writes bench/results/default_seeds.json). Each run is the plain command with `seed=N` and a run folder, in a
-fresh process whose `ATEN_CPU_CAPABILITY` picks torch's kernels: `default` and `avx2` sum floats in other orders,
-as another CPU would. Per run: held-out accuracy at RL's start and end, the gain in points, the wall time;
-top level the smallest gain, the largest wall time, and that wall time scaled to a 200 GFLOP/s machine.
+Run alone on the machine: .venv/bin/python bench/default_seeds.py [CONFIG.yaml ...] [--seeds 0,1,2,3,4
+--capabilities default,avx2 --name default_seeds] (writes bench/results/<name>.json). Each run is
+`relayrl train CONFIG... seed=N` with a run folder of its own, in a fresh process whose `ATEN_CPU_CAPABILITY` picks
+torch's kernels: `default` and `avx2` sum floats in other orders, as another CPU would; `native` leaves torch's
+choice. Per run: held-out accuracy at RL's start and end, the gain in points, the wall time; top level the
+smallest and mean gain, the largest wall time, and that wall time scaled to a 200 GFLOP/s machine.
+
+The SmolLM2 recipe over 3 seeds (docs/recipes/smollm2.md; about 41 minutes a seed):
+    .venv/bin/python bench/default_seeds.py relayrl/tasks/presets/rg_basic_arithmetic.yaml \
+        examples/smollm2_basic_arithmetic.yaml --seeds 0,1,2 --capabilities native --name smollm2_seeds
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from common import save
 from matmul_peak import gflops
 
 
-def run(seed: int, capability: str, root: Path) -> dict:
-    env = os.environ | {"ATEN_CPU_CAPABILITY": capability}
+def run(configs: list[str], seed: int, capability: str, root: Path) -> dict:
+    env = os.environ | ({} if capability == "native" else {"ATEN_CPU_CAPABILITY": capability})
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "relayrl.cli", "train", f"seed={seed}", f"run_dir={root}"],
+        [sys.executable, "-m", "relayrl.cli", "train", *configs, f"seed={seed}", f"run_dir={root}"],
         env=env,
         capture_output=True,
         text=True,
@@ -69,17 +74,19 @@ def summary(rows: list[dict], peak: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("configs", nargs="*", help="YAML configs of the command (none: the embedded default)")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--capabilities", default="default,avx2")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--name", default="default_seeds", help="the result's file name, without .json")
     args = parser.parse_args()
     peak = gflops(os.cpu_count() or 1)  # this machine's, measured now: the wall times scale by it
     rows = []
     for capability in args.capabilities.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             with tempfile.TemporaryDirectory(prefix="relayrl-default-") as tmp:
-                rows.append(run(seed, capability, Path(tmp)))
-            save(summary(rows, peak), args.out, "default_seeds")  # after every run: a stopped bench keeps its rows
+                rows.append(run(args.configs, seed, capability, Path(tmp)))
+            save(summary(rows, peak), args.out, args.name)  # after every run: a stopped bench keeps its rows
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,9 +111,13 @@ def _rm_train(args) -> None:
 
 
 def _serve(args) -> None:
-    from relayrl.serve import serve
+    from relayrl.serving.app import ServeConfig
+    from relayrl.serving.server import serve
 
-    serve(args.model, args.host, args.port, args.max_new_tokens)
+    cfg = ServeConfig(
+        args.max_new_tokens, args.timeout, args.max_body_bytes, args.api_key, args.tts_n, args.reward_model
+    )
+    serve(args.model, args.host, args.port, cfg, args.max_batch, args.max_kv_tokens, args.threads)
 
 
 def _models_import(args) -> None:
@@ -152,11 +157,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     rt.add_argument("args", nargs="*", help="YAML config files, then dotted overrides: data.path=pairs.jsonl")
     rt.set_defaults(func=_rm_train)
-    s = sub.add_parser("serve", help="serve a model as an OpenAI-compatible chat-completions endpoint")
+    s = sub.add_parser("serve", help="serve a model as an OpenAI-compatible server (docs/serving.md)")
     s.add_argument("model", help="a checkpoint folder, HF folder, hub id or builtin")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-new-tokens", type=int, default=256, help="when a request gives no max_tokens")
+    s.add_argument("--max-batch", type=int, default=32, help="rows (requests x n) generated at once")
+    s.add_argument("--max-kv-tokens", type=int, default=65536, help="KV-cache tokens the batch may hold")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, waiting included")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    key_help = "clients must send it as a Bearer token (default: $RELAYRL_API_KEY; none: no key needed)"
+    s.add_argument("--api-key", default=os.environ.get("RELAYRL_API_KEY"), help=key_help)
+    s.add_argument("--tts-n", type=int, default=8, help="N of the majority@N / best_of_n@N names /v1/models lists")
+    s.add_argument("--reward-model", help="a reward model folder (relayrl rm train): serves best_of_n@N")
+    s.add_argument("--threads", type=int, default=0, help="torch threads for the model (0: every core)")
     s.set_defaults(func=_serve)
     m = sub.add_parser("models", help="manage local models").add_subparsers(dest="action", required=True)
     i = m.add_parser("import", help="convert a GGUF into an HF model folder (cached); prints the folder")

@@ -1,3 +1,8 @@
+import contextlib
+import socket
+import threading
+import time
+
 import pytest
 
 
@@ -28,6 +33,39 @@ def tiny_overrides(run_dir, **extra) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny():
     return tiny_overrides
+
+
+@contextlib.contextmanager
+def _live_server(chat, cfg=None, **engine):
+    """`relayrl serve`'s app for `chat` (a ChatModel) on a free port of 127.0.0.1, run by uvicorn in a thread of
+    this process; yields its base URL (ending in /v1). `engine`: Engine's max_batch, max_kv_tokens."""
+    import uvicorn
+
+    from relayrl.serving.app import ServeConfig, make_app
+    from relayrl.serving.engine import Engine
+
+    backend = Engine(chat.model, chat.tokenizer, **engine)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(make_app(chat, backend, cfg or ServeConfig()), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join()
+        backend.close()
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    return _live_server
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 run in-process) count parse failures and dead judges."""
 
 import json
-import threading
 import urllib.request
 
 import pytest
@@ -20,25 +19,19 @@ from relayrl.rewards.judge import (
 )
 from relayrl.rewards.verifier import RewardConfig, VerifierScorer, reward_args
 from relayrl.rollout import Rollout
-from relayrl.serve import make_server
-
-
-def _serve(name_or_path: str):
-    srv = make_server(ChatModel(name_or_path), port=0, max_new_tokens=16)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+from relayrl.serving.app import ServeConfig
 
 
 @pytest.fixture(scope="module")
-def server():
-    yield from _serve("tiny-llama")
+def server(live_server):
+    with live_server(ChatModel("tiny-llama"), ServeConfig(max_new_tokens=16)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def verdict_server(verdict_judge):
-    yield from _serve(verdict_judge)
+def verdict_server(live_server, verdict_judge):
+    with live_server(ChatModel(verdict_judge), ServeConfig(max_new_tokens=16)) as url:
+        yield url
 
 
 def test_parse_score():
@@ -50,7 +43,8 @@ def test_parse_score():
 
 def test_server_answers_chat_completions_over_http(server):
     body = {"model": "x", "messages": [{"role": "user", "content": "Q:1+2"}], "max_tokens": 8}
-    request = urllib.request.Request(server + "/chat/completions", json.dumps(body).encode(), method="POST")
+    json_type = {"Content-Type": "application/json"}  # a body of another type is not read as JSON (docs/serving.md)
+    request = urllib.request.Request(server + "/chat/completions", json.dumps(body).encode(), json_type)
     with urllib.request.urlopen(request, timeout=30) as response:
         reply = json.loads(response.read())
     assert reply["object"] == "chat.completion"

@@ -1,6 +1,7 @@
 """The chat model that `relayrl serve`, LLM judges run in-process, test-time scaling and SPOC's teacher share:
-chat messages and sampling parameters in, the reply's text and token counts out. One implementation, so a judge
-run in-process gives the replies and token counts that the same model behind `relayrl serve` gives."""
+chat messages and sampling parameters in, the reply's text and token counts out. `relayrl serve` turns messages
+into a prompt here and samples with the sampler's own steps (relayrl/serving/engine.py), so a judge run in-process
+gives the replies and token counts that the same model behind `relayrl serve` gives (tests/test_serve.py)."""
 
 from __future__ import annotations
 

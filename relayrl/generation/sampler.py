@@ -68,6 +68,38 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
+def next_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Each row's next token from its logits, already divided by the temperature: the argmax at temperature 0,
+    else a draw from the top-p nucleus. The sampler and the server's batching engine both choose with it."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return _draw((_top_p_filter(logits, top_p) if top_p < 1 else logits).softmax(-1), generator)
+
+
+def last_logits(model, input_ids, mask, positions, cache) -> torch.Tensor:
+    """The float32 logits of each row's last position, the cache extended by `input_ids`: one decoding step."""
+    out = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+    )
+    return out.logits[:, -1].float()
+
+
+def left_padded(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts as one batch: input ids, attention mask and position ids, padded on the left so that every row's
+    next token goes in the last column."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, device=device)
+        mask[i, width - len(p) :] = 1
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -86,13 +118,8 @@ def sample(
     device = next(model.parameters()).device
     unique, copies = distinct(prompts)
     copies = torch.tensor(copies, device=device)
-    batch, width = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((len(unique), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(unique), width), dtype=torch.long, device=device)
-    for i, p in enumerate(unique):  # left padding keeps every row's next token in the last column
-        input_ids[i, width - len(p) :] = torch.tensor(p, device=device)
-        mask[i, width - len(p) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    batch = len(prompts)
+    input_ids, mask, positions = left_padded(unique, pad_id, device)
     cache = DynamicCache()
     out_ids = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros((batch, cfg.max_new_tokens), device=device)
@@ -102,27 +129,11 @@ def sample(
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # of the rows in the batch
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
     for t in range(cfg.max_new_tokens):
-        logits = (
-            model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            .logits[:, -1]
-            .float()
-            / temperature
-        )
+        logits = last_logits(model, input_ids, mask, positions, cache) / temperature
         if t == 0:  # from each distinct prompt to its rows
             cache.batch_select_indices(copies)
             logits, mask, positions = logits[copies], mask[copies], positions[copies]
-        if cfg.temperature == 0:
-            token = logits.argmax(-1)
-        else:
-            token = _draw((_top_p_filter(logits, cfg.top_p) if cfg.top_p < 1 else logits).softmax(-1), generator)
-        token = torch.where(done, pad_id, token)
+        token = torch.where(done, pad_id, next_tokens(logits, cfg.temperature, cfg.top_p, generator))
         out_ids[rows, t] = token
         out_lp[rows, t] = logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         stopped = ~done & (token == eos_id)
