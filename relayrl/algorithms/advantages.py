@@ -21,15 +21,47 @@ def rloo(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards - rewards.mean(-1, keepdim=True)) * n / (n - 1)
 
 
+def dr_grpo(rewards: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025): r - group mean, not divided by the group's std, which weighs the groups whose
+    rewards barely differ (questions nearly always right or wrong) up the most."""
+    return grpo(rewards, scale=False)
+
+
 def reinforce(rewards: torch.Tensor) -> torch.Tensor:
     """r minus the mean reward of the whole batch."""
     return rewards - rewards.mean()
 
 
-ESTIMATORS = {"grpo": grpo, "rloo": rloo, "reinforce": reinforce}
+def reinforce_pp(rewards: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025): r normalised by the whole batch's mean and std, no critic and no group. The
+    paper's advantage is per token, so its batch statistics are over tokens: a sample weighs its `tokens` (its
+    trained token count, as OpenRLHF's masked statistics); the std is the population one."""
+    return _batch_normalised(rewards, tokens, eps)
 
 
-def compute(name: str, rewards: torch.Tensor) -> torch.Tensor:
+def reinforce_pp_baseline(rewards: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE++ with a baseline: r - group mean (which removes each prompt's difficulty), then normalised over
+    the batch as `reinforce_pp`. A group of one sample, or of equal rewards, gives 0."""
+    return _batch_normalised(grpo(rewards, scale=False), tokens, eps)
+
+
+def _batch_normalised(values: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor:
+    weights = weights.to(values.dtype) if weights.sum() > 0 else torch.ones_like(values)  # every sample empty
+    w = weights / weights.sum()
+    mean = (w * values).sum()
+    std = (w * (values - mean) ** 2).sum().sqrt()
+    return (values - mean) / (std + eps)
+
+
+ESTIMATORS = {"grpo": grpo, "rloo": rloo, "reinforce": reinforce, "dr_grpo": dr_grpo}
+TOKEN_WEIGHTED = {"reinforce_pp": reinforce_pp, "reinforce_pp_baseline": reinforce_pp_baseline}
+
+
+def compute(name: str, rewards: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """`name`'s advantages of a (groups, samples) grid of rewards; `tokens`: each sample's trained token count
+    (default 1 each), which only the token-level batch statistics of REINFORCE++ read."""
+    if name in TOKEN_WEIGHTED:
+        return TOKEN_WEIGHTED[name](rewards, torch.ones_like(rewards) if tokens is None else tokens)
     return ESTIMATORS[name](rewards)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from relayrl.algorithms import advantages
+from relayrl.algorithms.shaping import Overlong, groups, overlong_penalty, truncated
 from relayrl.rollout import Rollout, message_wise
 
 
@@ -19,43 +20,64 @@ class Sequence:
     behaviour_logprobs: list[float] | None = None  # mu; None for supervised data
     advantages: list[float] | None = None  # one per completion token
     loss_mask: list[float] | None = None  # 1 where a completion token counts; None = all
+    staleness: int = 0  # versions between the policy that sampled it and the one trained on it
 
 
 def to_sequences(
-    rollouts: list[Rollout], estimator: str, verify_baseline: str = "truth", drop_zero: bool = False
+    rollouts: list[Rollout],
+    estimator: str,
+    verify_baseline: str = "truth",
+    drop_zero: bool = False,
+    overlong: Overlong | None = None,
+    version: int | None = None,
 ) -> list[Sequence]:
     """Rewards -> advantages, grouped by prompt; each token of a rollout carries its advantage.
 
     Rollouts rewarded message by message (SPOC) get message-wise RLOO advantages instead of `estimator`'s,
     each spread over its message's tokens (`verify_baseline`: see `advantages.message_rloo`). `drop_zero`: leave
-    out the rollouts whose every token's advantage is 0 (`AlgorithmConfig.drop_zero_advantage`).
+    out the rollouts whose every token's advantage is 0 (`AlgorithmConfig.drop_zero_advantage`). `overlong`:
+    DAPO's soft length penalty on the rewards the advantages see (not on the rollouts' own), and truncated
+    rollouts left out after their group's advantages are computed. `version`: the trainer's, which each
+    sequence's staleness is counted from (None: 0).
     """
-    seqs = _advantages(rollouts, estimator, verify_baseline)
-    return [s for s in seqs if any(s.advantages)] if drop_zero else seqs
+    seqs = [
+        (r, Sequence(r.prompt_ids, r.completion_ids, r.logprobs, adv, staleness=_staleness(r, version)))
+        for r, adv in _advantages(rollouts, estimator, verify_baseline, overlong)
+    ]
+    if overlong and overlong.filter:
+        seqs = [(r, s) for r, s in seqs if not truncated(r)]
+    return [s for _, s in seqs if any(s.advantages) or not drop_zero]
 
 
-def _advantages(rollouts: list[Rollout], estimator: str, verify_baseline: str) -> list[Sequence]:
-    groups: dict[int, list[Rollout]] = {}
-    for r in rollouts:
-        groups.setdefault(r.prompt_index, []).append(r)
-    if not groups:
+def _advantages(
+    rollouts: list[Rollout], estimator: str, verify_baseline: str, overlong: Overlong | None
+) -> list[tuple[Rollout, list[float]]]:
+    by_prompt = groups(rollouts)
+    if not by_prompt:
         return []
-    width = max(len(g) for g in groups.values())
-    complete = [g for g in groups.values() if len(g) == width]  # a group cut by dropped rollouts is not comparable
+    width = max(len(g) for g in by_prompt)
+    complete = [g for g in by_prompt if len(g) == width]  # a group cut by dropped rollouts is not comparable
     if message_wise(rollouts):
         pools = [advantages.message_rloo([r.message_rewards() for r in g], 1e-6, verify_baseline) for g in complete]
         return [
-            Sequence(r.prompt_ids, r.completion_ids, r.logprobs, _spread(r, adv))
+            (r, _spread(r, adv))
             for g, group_advantages in zip(complete, pools, strict=True)
             for r, adv in zip(g, group_advantages, strict=True)
         ]
-    rewards = torch.tensor([[r.reward for r in g] for g in complete], dtype=torch.float64)
-    adv = advantages.compute(estimator, rewards)
-    return [
-        Sequence(r.prompt_ids, r.completion_ids, r.logprobs, [float(adv[i, j])] * len(r.completion_ids))
-        for i, g in enumerate(complete)
-        for j, r in enumerate(g)
-    ]
+    rewards = torch.tensor([[_shaped(r, overlong) for r in g] for g in complete], dtype=torch.float64)
+    tokens = torch.tensor([[len(r.completion_ids) for r in g] for g in complete], dtype=torch.float64)
+    adv = advantages.compute(estimator, rewards, tokens)
+    return [(r, [float(adv[i, j])] * len(r.completion_ids)) for i, g in enumerate(complete) for j, r in enumerate(g)]
+
+
+def _staleness(r: Rollout, version: int | None) -> int:
+    return 0 if version is None else version - r.version
+
+
+def _shaped(r: Rollout, overlong: Overlong | None) -> float:
+    if overlong is None:
+        return r.reward
+    return r.reward + overlong_penalty(len(r.completion_ids), overlong.max_tokens, overlong.buffer, overlong.factor)
 
 
 def _spread(r: Rollout, message_advantages: list[float]) -> list[float]:

@@ -1,0 +1,218 @@
+"""The algorithms by name (docs/algorithms.md): hand-worked examples, and each loss's gradient against autograd
+through a direct transcription of its paper's objective."""
+
+import math
+
+import pytest
+import torch
+
+from relayrl.algorithms import advantages, losses
+from relayrl.algorithms.sequences import to_sequences
+from relayrl.algorithms.shaping import Overlong, overlong_penalty
+from relayrl.rollout import Rollout
+
+# Float32 hand-worked checks below use allclose's default rtol 1e-5 (~170 float32 roundings) unless said otherwise:
+# each value is exp/log/mean of a few inputs, a handful of roundings.
+
+
+def test_dr_grpo_centres_without_the_std():
+    adv = advantages.compute("dr_grpo", torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]]))
+    # exact: the means (0.5, 2) and differences are binary fractions
+    assert torch.equal(adv, torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(advantages.compute("dr_grpo", torch.tensor([[3.0], [1.0]])), torch.zeros(2, 1))  # groups of 1
+
+
+def test_reinforce_pp_normalises_over_the_batchs_tokens():
+    rewards, tokens = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[1.0, 1.0], [2.0, 4.0]])
+    # 8 tokens: mean 7/8; variance (1 * (1/8)^2 + 1 * (7/8)^2 + 6 * (1/8)^2) / 8 = 7/64, std sqrt(7)/8;
+    # a reward 1 -> (1/8) / (sqrt(7)/8) = 1/sqrt(7), a reward 0 -> -7/sqrt(7) = -sqrt(7)
+    adv = advantages.reinforce_pp(rewards, tokens, eps=0.0)
+    assert torch.allclose(adv, torch.tensor([[1, -7.0], [1, 1]]) / math.sqrt(7))
+    assert torch.equal(advantages.reinforce_pp(torch.ones(2, 3), torch.ones(2, 3)), torch.zeros(2, 3))  # all equal
+    # groups of one sample: the batch is the baseline; population std 0.5 (eps 1e-6 is 2e-6 of it: within rtol)
+    single = advantages.compute("reinforce_pp", torch.tensor([[1.0], [0.0], [0.0], [1.0]]))
+    assert torch.allclose(single, torch.tensor([[1.0], [-1.0], [-1.0], [1.0]]))
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_first():
+    rewards, tokens = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[1.0, 1.0], [2.0, 4.0]])
+    # group-centred [[0.5, -0.5], [0, 0]]; over 8 tokens the mean is 0, the variance (0.25 + 0.25) / 8, std 0.25.
+    # exact: binary fractions throughout
+    assert torch.equal(advantages.reinforce_pp_baseline(rewards, tokens, 0.0), torch.tensor([[2.0, -2.0], [0, 0]]))
+    assert torch.equal(advantages.compute("reinforce_pp_baseline", torch.tensor([[1.0], [0.0]])), torch.zeros(2, 1))
+    assert torch.equal(advantages.compute("reinforce_pp_baseline", torch.full((2, 3), 0.5)), torch.zeros(2, 3))
+
+
+def test_ppo_clip_higher_and_dual_clip_hand_worked():
+    logp, mu = torch.log(torch.tensor([1.25, 1.25, 0.7])), torch.zeros(3)
+    adv = torch.tensor([1.0, -1.0, -1.0])
+    # 1.25 with A=+1: under 1 + 0.28, unclipped (a symmetric 0.2 would cap it at 1.2); with A=-1: min(-1.25, -1.25);
+    # 0.7 with A=-1: clipped up to 0.8, min(-0.7, -0.8) = -0.8
+    assert torch.allclose(losses.ppo_clip(logp, mu, adv, 0.2, 0.28), torch.tensor([-1.25, 1.25, 0.8]))
+    assert torch.allclose(losses.ppo_clip(logp, mu, adv, 0.2), torch.tensor([-1.2, 1.25, 0.8]))
+    logp = torch.log(torch.tensor([5.0, 5.0, 2.0])).requires_grad_()
+    adv = torch.tensor([-1.0, 1.0, -1.0])
+    # r=5, A=-1: min(-5, -1.2) = -5, floored at 3 * -1; r=5, A=+1: 1.2 (no floor for A > 0); r=2, A=-1: -2 > -3
+    loss = losses.ppo_clip(logp, torch.zeros(3), adv, 0.2, dual_clip=3.0)
+    assert torch.allclose(loss, torch.tensor([3.0, -1.2, 2.0]))
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, torch.tensor([0.0, 0.0, 2.0]))  # d(-rA)/dlogp = -rA = 2; the floor and clip: 0
+
+
+def test_gspo_uses_the_length_normalised_sequence_ratio():
+    logp = torch.log(torch.tensor([[2.0, 1.0], [0.5, 9.0]])).requires_grad_()
+    mu, mask = torch.zeros(2, 2), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    # s_0 = (2 * 1)^(1/2) = sqrt(2), clipped to 1.2 under A=+1; s_1 = 0.5 (its masked token ignored): min(-0.5, -0.8)
+    assert torch.allclose(losses.sequence_ratio(logp, mu, mask), torch.tensor([[math.sqrt(2)], [0.5]]))
+    loss = losses.gspo(logp, mu, adv, mask, 0.2, 0.2)
+    assert torch.allclose(loss * mask, torch.tensor([[-1.2, -1.2], [0.8, 0.0]]))
+    (loss * mask).sum().backward()
+    assert torch.equal(logp.grad, torch.zeros(2, 2))  # both sequences clipped: no gradient (exact zeros)
+
+
+def test_cispo_keeps_a_gradient_on_clipped_tokens():
+    logp = torch.log(torch.tensor([3.0, 0.5, 1.1])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -2.0])
+    # weights clip(r, 1 - 1, 1 + 0.28): 1.28, 0.5 (no lower bound), 1.1; held constant, so d/dlogp = -w A
+    loss = losses.cispo(logp, torch.zeros(3), adv, 1.0, 0.28)
+    assert torch.allclose(loss, -torch.tensor([1.28, 0.5, -2.2]) * logp.detach())
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, torch.tensor([-1.28, -0.5, 2.2]))  # PPO would give the first token 0
+
+
+def test_importance_weights_truncate_or_mask_per_token_or_sequence():
+    log_ratio = torch.log(torch.tensor([[3.0, 0.5, 1.5], [1.2, 1.5, 7.0]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the 7 is masked: weight exp(0) = 1, and no part of
+    # its sequence's product (3 * 0.5 * 1.5 = 2.25 and 1.2 * 1.5 = 1.8)
+    cases = {
+        ("token", "truncate"): [[2.0, 0.5, 1.5], [1.2, 1.5, 1.0]],
+        ("token", "mask"): [[0.0, 0.5, 1.5], [1.2, 1.5, 1.0]],
+        ("sequence", "truncate"): [[2.0] * 3, [1.8] * 3],
+        ("sequence", "mask"): [[0.0] * 3, [1.8] * 3],
+    }
+    for (level, mode), expected in cases.items():
+        weights = losses.importance_weights(log_ratio, mask, level, mode, 2.0)
+        assert torch.allclose(weights, torch.tensor(expected)), (level, mode)
+    huge = torch.full((1, 10), 100.0)  # a sequence ratio of e^1000 overflows to inf: truncated to C, or masked
+    assert losses.importance_weights(huge, torch.ones(1, 10), "sequence", "truncate", 2.0).eq(2.0).all()
+    assert losses.importance_weights(huge, torch.ones(1, 10), "sequence", "mask", 2.0).eq(0.0).all()
+
+
+def test_constant_aggregation_divides_by_the_budget():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    # (6 + 4) / (4 * 2): exact in float32
+    assert losses.aggregate(per_token, mask, "constant", 4, 2, length=4).item() == 1.25
+
+
+def test_overlong_penalty_ramps_over_the_buffer():
+    # DAPO's R_length with L_max 20, L_cache 5: 0 to 15 tokens, then -(len - 15) / 5, -1 at and past the budget
+    assert [overlong_penalty(n, 20, 5) for n in (10, 15, 16, 20, 25)] == [0.0, 0.0, -0.2, -1.0, -1.0]
+    assert overlong_penalty(20, 20, 5, factor=0.5) == -0.5 and overlong_penalty(20, 20, 0) == 0.0
+
+
+def _rollout(prompt: int, sample: int, reward: float, length: int, finish: str = "stop", version: int = 0) -> Rollout:
+    r = Rollout(prompt, sample, [4, 5], [6] * length, [-1.0] * length, version, "", finish)
+    r.reward = reward
+    return r
+
+
+def test_overlong_shaping_and_filtering_in_the_advantages():
+    # both right, one truncated at the budget of 8 with a buffer of 4: shaped rewards 1 and 1 - 1 = 0, so
+    # Dr. GRPO gives +-0.5; filtering leaves the truncated one out after its group's advantages are computed
+    group = [_rollout(0, 0, 1.0, 3), _rollout(0, 1, 1.0, 8, "length")]
+    shaped = to_sequences(group, "dr_grpo", overlong=Overlong(8, buffer=4))
+    assert [s.advantages for s in shaped] == [[0.5] * 3, [-0.5] * 8]
+    kept = to_sequences(group, "dr_grpo", overlong=Overlong(8, buffer=4, filter=True))
+    assert [s.advantages for s in kept] == [[0.5] * 3]
+    assert [r.reward for r in group] == [1.0, 1.0]  # the rollouts' own rewards (what is reported) are untouched
+    assert [s.advantages for s in to_sequences(group, "dr_grpo")] == [[0.0] * 3, [0.0] * 8]
+
+
+def test_sequences_carry_their_staleness():
+    group = [_rollout(0, 0, 1.0, 2, version=3), _rollout(0, 1, 0.0, 2, version=5)]
+    assert [s.staleness for s in to_sequences(group, "grpo", version=5)] == [2, 0]
+    assert [s.staleness for s in to_sequences(group, "grpo")] == [0, 0]
+
+
+# --- gradients against a direct transcription of each objective (float64; see the tolerance below) ---
+
+B, T, V = 3, 4, 5
+
+
+def _batch():
+    torch.manual_seed(0)
+    logits = torch.randn(B, T, V, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, V, (B, T))
+    with torch.no_grad():
+        mu = _logp(logits, tokens) + 0.3 * torch.randn(B, T, dtype=torch.float64)
+    # token ratios 0.78-1.71 and sequence ratios 1.02-1.23 (GSPO's) or 1.08-1.52 (products): each loss below
+    # clips some tokens or sequences and not others, and the dual clip (c = 1.5) floors one token
+    adv = torch.tensor([[1.0], [-0.5], [-2.0]], dtype=torch.float64).expand(B, T)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float64)
+    return logits, tokens, mu, adv, mask
+
+
+def _logp(logits, tokens):
+    return logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def _clip(x, low, high):
+    return min(max(x, low), high)
+
+
+def _direct(name: str, lp, mu, adv, mask) -> torch.Tensor:
+    """The papers' objectives token by token in Python, negated; sequence i's tokens are those its mask keeps."""
+    seqs = [[t for t in range(T) if mask[i, t]] for i in range(B)]
+    n_tokens = sum(map(len, seqs))
+    total = 0.0
+    for i, ts in enumerate(seqs):
+        a = float(adv[i, 0])
+        if name == "gspo":  # Zheng et al. eq. 5-7: min(s A, clip(s) A), s = exp(mean log ratio), a mean over sequences
+            s = torch.exp(sum(lp[i, t] - mu[i, t] for t in ts) / len(ts))
+            total = total - torch.minimum(s * a, s.clamp(0.8, 1.01) * a) / B
+            continue
+        for t in ts:
+            r = torch.exp(lp[i, t] - mu[i, t])
+            if name in ("ppo_dapo", "ppo_dual"):  # PPO with clip-higher (DAPO eq. 10), and the dual clip (c = 1.5)
+                surrogate = torch.minimum(r * a, r.clamp(0.8, 1.28) * a)
+                if name == "ppo_dual" and a < 0:
+                    surrogate = torch.maximum(surrogate, torch.tensor(1.5 * a, dtype=torch.float64))
+                total = total - surrogate / n_tokens
+            elif name == "cispo":  # MiniMax-M1 eq. 4: sg(clip(r)) A log pi over all the batch's tokens
+                total = total - _clip(float(r.detach()), 0.0, 1.28) * a * lp[i, t] / n_tokens
+            elif name == "dr_grpo":  # Dr. GRPO: PPO's surrogate summed per sequence, / the budget (6), mean over seqs
+                total = total - torch.minimum(r * a, r.clamp(0.8, 1.2) * a) / (6 * B)
+            elif name == "tis_seq":  # sequence-level TIS on a policy gradient: min(prod r, 1.2) A grad log pi
+                w = min(math.prod(math.exp(float(lp[i, u].detach() - mu[i, u])) for u in ts), 1.2)
+                total = total - w * a * lp[i, t] / n_tokens
+    return total
+
+
+def _relayrl(name: str, lp, mu, adv, mask) -> torch.Tensor:
+    n_tokens = int(mask.sum())
+    if name == "ppo_dapo":
+        return losses.aggregate(losses.ppo_clip(lp, mu, adv, 0.2, 0.28), mask, "token", n_tokens, B)
+    if name == "ppo_dual":
+        return losses.aggregate(losses.ppo_clip(lp, mu, adv, 0.2, 0.28, 1.5), mask, "token", n_tokens, B)
+    if name == "gspo":
+        return losses.aggregate(losses.gspo(lp, mu, adv, mask, 0.2, 0.01), mask, "sequence", n_tokens, B)
+    if name == "cispo":
+        return losses.aggregate(losses.cispo(lp, mu, adv, 1.0, 0.28), mask, "token", n_tokens, B)
+    if name == "dr_grpo":
+        return losses.aggregate(losses.ppo_clip(lp, mu, adv, 0.2), mask, "constant", n_tokens, B, length=6)
+    # tis_seq: PPO against the trainer's own log-probs (ratio 1), weighted by the engine's truncated sequence ratio
+    weights = losses.importance_weights(lp - mu, mask, "sequence", "truncate", 1.2)
+    return losses.aggregate(losses.ppo_clip(lp, lp.detach(), adv, 0.2) * weights, mask, "token", n_tokens, B)
+
+
+@pytest.mark.parametrize("name", ["ppo_dapo", "ppo_dual", "gspo", "cispo", "dr_grpo", "tis_seq"])
+def test_loss_gradient_equals_autograd_through_the_papers_objective(name):
+    logits, tokens, mu, adv, mask = _batch()
+    (ours,) = torch.autograd.grad(_relayrl(name, _logp(logits, tokens), mu, adv, mask), logits)
+    (theirs,) = torch.autograd.grad(_direct(name, _logp(logits, tokens), mu, adv, mask), logits)
+    assert ours.abs().max() > 1e-3  # some tokens are not clipped: the comparison is not of zeros
+    # float64 (u = 2^-53) on both sides, the same quantities in another order: each gradient entry is a sum of <= 12
+    # token terms, each a few dozen roundings from its exact value; 1e-12 relative to the largest entry is ~4500 u
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12 * float(theirs.abs().max()))
