@@ -80,7 +80,11 @@ def trainer(run: Run):
     if cfg.algorithm.kl_coef > 0:  # the policy RL started from
         sft = run.ckpt_root / "sft"
         ref = load_model_and_tokenizer(str(sft))[0] if sft.exists() else copy.deepcopy(run.model).eval()
-    args = (cfg.optim, cfg.algorithm, run.tokenizer.pad_token_id, cfg.rollout.temperature)
+    # Dr. GRPO's constant normaliser defaults to the generation budget
+    algo = dataclasses.replace(
+        cfg.algorithm, aggregation_length=cfg.algorithm.aggregation_length or run.sampling.max_new_tokens
+    )
+    args = (cfg.optim, algo, run.tokenizer.pad_token_id, cfg.rollout.temperature)
     if cfg.executors == "ray" and cfg.ray.trainer_ranks:
         from relayrl.executors.ray_actors import RayTrainer  # Ray is imported only by runs that use it
 

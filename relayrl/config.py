@@ -161,7 +161,7 @@ class Config:
     def rules(self) -> Iterator[tuple[str, str]]:
         """The rules across sections; `check` has checked every field, and each section's own rules, before."""
         a, r, tts, samples = self.algorithm, self.reward, self.tts, self.rollout.samples_per_prompt
-        if a.advantage in ("grpo", "rloo") and samples < 2:
+        if a.advantage in ("grpo", "rloo", "dr_grpo", "reinforce_pp_baseline") and samples < 2:
             yield "rollout.samples_per_prompt", f"{a.advantage} needs >= 2 samples per prompt; got {samples}"
         if self.recipe == "spoc" and samples < 2:
             yield "rollout.samples_per_prompt", f"spoc's message-wise RLOO needs >= 2 samples per prompt; got {samples}"
@@ -181,6 +181,11 @@ class Config:
             yield "reward.model", "tts.match=reward_model needs a reward-model folder (relayrl rm train)"
         if a.drop_zero_advantage and a.kl_coef > 0:
             yield "algorithm.drop_zero_advantage", "with kl_coef > 0 a rollout of advantage 0 still has a KL gradient"
+        if a.dynamic_sampling and (self.recipe == "spoc" or samples < 2):
+            yield "algorithm.dynamic_sampling", "keeps groups whose rewards differ: it needs >= 2 samples, not spoc"
+        budget = self.spoc.max_new_tokens if self.recipe == "spoc" else self.rollout.max_new_tokens
+        if a.overlong_buffer > budget:
+            yield "algorithm.overlong_buffer", f"must be <= the budget, {budget} tokens; got {a.overlong_buffer}"
         if self.recipe == "spoc" and r.source != "task":
             yield "reward.source", "recipe=spoc rewards each message with the task's verifier; use task"
         if self.recipe == "spoc" and self.spoc.writer == "teacher" and not self.spoc.teacher:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from relayrl import build, phases
 from relayrl.algorithms.sequences import to_sequences
+from relayrl.algorithms.shaping import Overlong, informative_groups
 from relayrl.config import Config
 from relayrl.errors import nonfinite_streak
 from relayrl.evaluation import report
@@ -96,21 +97,38 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
 
 
 def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tracker: Tracker) -> None:
-    state, counters = run.state, run.state.counters
+    state, counters, a = run.state, run.state.counters, cfg.algorithm
     depth = cfg.max_staleness + 1 if cfg.mode == "async" else 1
     pending = deque(state.pending)  # generated before a checkpoint, not yet trained on
-    next_batch = state.step + len(pending)
+
+    def consumed() -> int:
+        """Batches taken from the generator so far: one a step, and those dynamic sampling drew besides."""
+        return state.step + counters.extra_batches
+
+    next_batch = consumed() + len(pending)
     records: list[dict] = []  # since the last checkpoint, which will hold them
 
     def submit_up_to(limit: int) -> None:
         nonlocal next_batch
-        while next_batch < min(limit, cfg.steps):
+        while next_batch < min(limit, cfg.steps + counters.extra_batches):
             generator.submit(run.request(next_batch))
             next_batch += 1
 
+    def scored() -> tuple[list[Rollout], float, float, dict[str, float]]:
+        """The next batch's rollouts within max_staleness of the trainer (the rest dropped and counted), the seconds
+        its generation took and those spent waiting for it, and its reward statistics."""
+        t = time.perf_counter()
+        rollouts, seconds = pending.popleft() if pending else generator.collect()
+        waited = time.perf_counter() - t
+        fresh = [r for r in rollouts if state.step - r.version <= cfg.max_staleness]
+        counters.dropped_stale += len(rollouts) - len(fresh)
+        if cfg.reward.pairs_samples:
+            pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
+        return fresh, seconds, waited, scorer.score(fresh)
+
     def checkpoint() -> None:
         nonlocal saved, records
-        while next_batch - state.step - len(pending) > 0:  # drain what is in flight into the checkpoint
+        while next_batch - consumed() - len(pending) > 0:  # drain what is in flight into the checkpoint
             pending.append(generator.collect())
         trainer.copy_to(run.model)
         state.pending, state.records = list(pending), records
@@ -120,43 +138,52 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
     saved = state.step
     weight_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
     generator.publish(trainer.weights(), state.step)
-    submit_up_to(state.step + depth)
+    submit_up_to(consumed() + depth)
     while state.step < cfg.steps and not stop.requested:
         t0 = time.perf_counter()
-        rollouts, gen_seconds = pending.popleft() if pending else generator.collect()
-        t1 = time.perf_counter()
-        fresh = [r for r in rollouts if state.step - r.version <= cfg.max_staleness]
-        if cfg.reward.pairs_samples:
-            pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
-        reward_stats = scorer.score(fresh)
-        a = cfg.algorithm
-        seqs = to_sequences(fresh, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage)
+        fresh, gen_seconds, waited, reward_stats = scored()
+        batch, drawn = fresh, {}
+        if a.dynamic_sampling:  # DAPO: draw on until enough groups tell right from wrong, at most a cap of batches
+            kept, draws = informative_groups(fresh, cfg.rollout.samples_per_prompt), 1
+            while len(kept) < cfg.rollout.prompts_per_step and draws < a.dynamic_max_batches:
+                counters.extra_batches += 1
+                submit_up_to(consumed() + depth)  # the pipeline stays `depth` batches ahead of what is taken
+                more, seconds, wait, stats = scored()
+                fresh, gen_seconds, waited, draws = fresh + more, gen_seconds + seconds, waited + wait, draws + 1
+                reward_stats = {k: v + stats.get(k, 0.0) for k, v in reward_stats.items()}
+                kept += informative_groups(more, cfg.rollout.samples_per_prompt)
+            # surplus groups are left out; none within the cap: every group (advantage 0: only a KL term moves it)
+            batch = [r for g in kept[: cfg.rollout.prompts_per_step] for r in g] or fresh
+            drawn = {"sampled_batches": draws, "informative_groups": len(kept)}
+        overlong = Overlong(run.sampling.max_new_tokens, a.overlong_buffer, a.overlong_penalty, a.overlong_filter)
+        seqs = to_sequences(batch, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage, overlong, state.step)
         metrics = trainer.step(seqs)
         skipped = bool(metrics["skipped_nonfinite"])
         limit = cfg.optim.max_nonfinite_steps
         state.nonfinite_in_a_row = nonfinite_streak(skipped, state.nonfinite_in_a_row, limit, f"step {state.step + 1}")
-        # left out: incomplete groups (stale rollouts dropped), zero advantages (drop_zero_advantage), a skipped step
+        # left out: incomplete groups (stale rollouts dropped), zero advantages (drop_zero_advantage), uninformative
+        # or surplus groups (dynamic_sampling), truncated rollouts (overlong_filter), a skipped step
         metrics["untrained_rollouts"] = len(fresh) - (0 if skipped else len(seqs))
         state.step += 1
         t2 = time.perf_counter()
-        counters.dropped_stale += len(rollouts) - len(fresh)
         counters.reward_failures += int(reward_stats["reward_timeouts"] + reward_stats["reward_errors"])
         counters.nonfinite_steps += skipped
         if not skipped:
             counters.trained_tokens += int(metrics["trained_tokens"])
             counters.rollouts_trained += len(seqs)
-        metrics |= reward_stats | {
+        metrics |= reward_stats | drawn
+        metrics |= {  # reward and length of every rollout drawn; staleness of those trained on
             "reward": sum(r.reward for r in fresh) / len(fresh),
             "completion_length": sum(len(r.completion_ids) for r in fresh) / len(fresh),
-            "staleness": sum(state.step - 1 - r.version for r in fresh) / len(fresh),
+            "staleness": sum(state.step - 1 - r.version for r in batch) / len(batch),
             "dropped_stale": counters.dropped_stale,
             "rollouts_trained": counters.rollouts_trained,
             "nonfinite_steps": counters.nonfinite_steps,
             "gen_seconds": gen_seconds,
-            "wait_seconds": t1 - t0,
-            "train_seconds": t2 - t1,
+            "wait_seconds": waited,
+            "train_seconds": t2 - t0 - waited,
             "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
-            "gen_share": gen_seconds / (gen_seconds + t2 - t1),
+            "gen_share": gen_seconds / (gen_seconds + t2 - t0 - waited),
         }
         metrics |= message_metrics(fresh)  # SPOC's, of the rollouts trained on
         metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
@@ -166,7 +193,7 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
         generator.publish(trainer.weights(), state.step)
         sync = time.perf_counter() - t3
         metrics |= {"sync_seconds": sync, "sync_bytes": weight_bytes, "sync_share": sync / (t2 - t0 + sync)}
-        submit_up_to(state.step + depth)
+        submit_up_to(consumed() + depth)
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             trainer.copy_to(run.model)
             score, heldout_metrics = phases.heldout(run)

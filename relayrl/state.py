@@ -31,6 +31,7 @@ class Counters:
     trained_tokens: int = 0
     rollouts_trained: int = 0
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    extra_batches: int = 0  # batches drawn beyond one a step (dynamic sampling): where the data stream stands
     rl_seconds: float = 0.0
 
 

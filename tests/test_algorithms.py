@@ -216,3 +216,107 @@ def test_loss_gradient_equals_autograd_through_the_papers_objective(name):
     # float64 (u = 2^-53) on both sides, the same quantities in another order: each gradient entry is a sum of <= 12
     # token terms, each a few dozen roundings from its exact value; 1e-12 relative to the largest entry is ~4500 u
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12 * float(theirs.abs().max()))
+
+
+# --- in the trainer: the mismatch metrics, behaviour_logprobs and the correction ---
+
+
+def _tiny_trainer(**algo):
+    from relayrl.models import TinySize, load_model_and_tokenizer
+    from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Trainer
+
+    model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
+    optim = OptimConfig(warmup_steps=0, share_prompts=False)
+    return Trainer(model, optim, AlgorithmConfig(**algo), tok.pad_token_id, temperature=0.7)
+
+
+def _seqs_with_mu(trainer, offsets: list[float], staleness: list[int]):
+    """Six sequences whose mu is the trainer's own log-probs plus `offsets[i]` on every token; in the order the
+    trainer sorts them (by length), so its forward sees the very same batch."""
+    from relayrl.algorithms.sequences import Sequence
+    from relayrl.training.trainer import collate, sequence_logprobs
+
+    seqs = [
+        Sequence([4, 5 + i], [6 + (i * 5 + j) % 20 for j in range(2 + i)], None, [1.0 - i / 3] * (2 + i))
+        for i in range(6)
+    ]
+    batch = collate(seqs, trainer.pad_id, trainer.device)
+    with torch.no_grad():
+        logp = sequence_logprobs(trainer.model, batch["input_ids"], batch["attention_mask"], batch["mask"] > 0, 0.7)
+    for i, s in enumerate(seqs):
+        s.behaviour_logprobs = (logp[i][batch["mask"][i] > 0] + offsets[i]).tolist()
+        s.staleness = staleness[i]
+    return seqs
+
+
+def test_mismatch_metrics_over_current_tokens_and_offpolicy_over_all():
+    trainer = _tiny_trainer()
+    # rows 0-2 sampled by the current version with mu 0.1 above pi; rows 3-5 one version old, 0.3 below
+    seqs = _seqs_with_mu(trainer, [0.1] * 3 + [-0.3] * 3, [0, 0, 0, 1, 1, 1])
+    metrics = trainer.accumulate(seqs)
+    current, stale = 2 + 3 + 4, 5 + 6 + 7  # completion tokens of rows 0-2 and 3-5
+    # the same batch through the same forward, so pi is the one mu was built from up to float32 rounding of the
+    # offset's addition (|logp| < 8: 2^-21 absolute per token); 1e-5 absolute is only slack over that
+    assert metrics["mismatch_logprob_abs"] == pytest.approx(0.1, abs=1e-5)
+    # k3 of KL(mu || pi) on tokens from mu: exp(log pi - log mu) - (log pi - log mu) - 1 at log pi - log mu = -0.1
+    # (KL(pi || mu)'s k3 would be exp(0.1) - 0.1 - 1 = 0.00517); its derivative there is < 0.1, so 1e-6 holds
+    assert metrics["mismatch_kl"] == pytest.approx(math.exp(-0.1) + 0.1 - 1, abs=1e-6)
+    assert metrics["offpolicy_logprob_abs"] == pytest.approx(
+        (0.1 * current + 0.3 * stale) / (current + stale), abs=1e-5
+    )
+    trainer.optimizer.zero_grad()
+    stale_only = trainer.accumulate(_seqs_with_mu(trainer, [0.1] * 6, [1] * 6))
+    assert "mismatch_logprob_abs" not in stale_only and "mismatch_kl" not in stale_only  # no current tokens
+    assert stale_only["offpolicy_logprob_abs"] == pytest.approx(0.1, abs=1e-5)
+
+
+def _grads(trainer, seqs) -> torch.Tensor:
+    trainer.optimizer.zero_grad()
+    trainer.accumulate(seqs)
+    return torch.cat([p.grad.reshape(-1) for p in trainer.model.parameters()])
+
+
+def test_trainer_behaviour_logprobs_ignore_the_engines_mu():
+    trainer = _tiny_trainer(loss="ppo", behaviour_logprobs="trainer")
+    near, far = _seqs_with_mu(trainer, [0.0] * 6, [0] * 6), _seqs_with_mu(trainer, [0.5, -2, 1, 3, -1, 0.2], [0] * 6)
+    # the ratio is exp(logp - logp.detach()) = 1 whatever mu is: the very same float operations, bit for bit
+    assert torch.equal(_grads(trainer, near), _grads(trainer, far))
+
+
+def test_ppo_against_the_trainer_with_token_tis_is_aipo():
+    """AIPO is token-level TIS on an on-policy policy gradient: the same gradient as PPO taken against the
+    trainer's own log-probs, weighted by min(pi/mu, C) from the engine's mu."""
+    offsets = [0.5, -2, 1, 3, -1, 0.2]  # pi/mu from e^-3 to e^2: some weights truncated at 2, some not
+    tis = _tiny_trainer(loss="ppo", behaviour_logprobs="trainer", correction="truncate", correction_threshold=2.0)
+    aipo = _tiny_trainer(loss="aipo", rho=2.0)
+    g_tis, g_aipo = (
+        _grads(tis, _seqs_with_mu(tis, offsets, [0] * 6)),
+        _grads(aipo, _seqs_with_mu(aipo, offsets, [0] * 6)),
+    )
+    # the same model and batch; each token's coefficient w * A / N is formed in another order (<= 3 roundings,
+    # 2e-7 relative) and backpropagated by the same operations, so each entry moves by <= 2e-7 x the sum of its
+    # terms' sizes, which measure ~1.5 x max |g| (as in test_trainer): 1e-6 x max |g| is that with margin
+    torch.testing.assert_close(g_tis, g_aipo, rtol=0, atol=1e-6 * float(g_aipo.abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["algorithm.loss=gspo"], "algorithm.aggregation"),
+        (["algorithm.dual_clip=3"], "algorithm.dual_clip"),
+        (["algorithm.loss=ppo", "algorithm.dual_clip=0.5"], "algorithm.dual_clip"),
+        (["algorithm.correction=truncate"], "algorithm.correction"),
+        (
+            ["algorithm.advantage=reinforce", "rollout.samples_per_prompt=1", "algorithm.dynamic_sampling=true"],
+            "algorithm.dynamic_sampling",
+        ),
+        (["algorithm.overlong_buffer=33"], "algorithm.overlong_buffer"),
+        (["algorithm.advantage=dr_grpo", "rollout.samples_per_prompt=1"], "rollout.samples_per_prompt"),
+        (["algorithm.advantage=reinforce_pp_baseline", "rollout.samples_per_prompt=1"], "rollout.samples_per_prompt"),
+    ],
+)
+def test_algorithm_rules_name_the_field(overrides, named):
+    from relayrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"^{named}: "):
+        load_config(None, overrides)

@@ -38,6 +38,11 @@ def informative(group: list[Rollout]) -> bool:
     return len({r.reward for r in group}) > 1
 
 
+def informative_groups(rollouts: list[Rollout], samples: int) -> list[list[Rollout]]:
+    """DAPO's dynamic-sampling filter: the complete groups (all `samples` of a prompt) whose rewards differ."""
+    return [g for g in groups(rollouts) if len(g) == samples and informative(g)]
+
+
 def groups(rollouts: list[Rollout]) -> list[list[Rollout]]:
     """Rollouts by prompt, in the order their prompts first appear."""
     by_prompt: dict[int, list[Rollout]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,16 +48,58 @@ class OptimConfig:
 
 @dataclass
 class AlgorithmConfig:
-    advantage: str = choice("grpo", "rloo", "reinforce")
-    loss: str = choice("aipo", "ppo")
+    """An algorithm is an advantage estimator, a policy loss and an aggregation (docs/algorithms.md names the
+    settings that reproduce each paper)."""
+
+    # grpo: (r - group mean) / group std; dr_grpo: without the std; rloo: leave-one-out; reinforce: r - batch mean;
+    # reinforce_pp: r normalised over the batch; reinforce_pp_baseline: r - group mean, then normalised over the batch
+    advantage: str = choice("grpo", "rloo", "reinforce", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline")
+    # aipo: min(pi/mu, rho) A log pi; ppo: clipped ratio; gspo: clipped sequence ratio; cispo: clipped weight
+    loss: str = choice("aipo", "ppo", "gspo", "cispo")
     rho: float = positive(4.0)  # AIPO truncation of pi/mu
-    clip_eps: float = non_negative(0.2)  # PPO ratio clip
+    clip_eps: float = non_negative(0.2)  # PPO/GSPO: the ratio's clip below 1 (and above, if clip_eps_high is 0)
+    clip_eps_high: float = non_negative(0.0)  # above 1; 0: clip_eps. DAPO's clip-higher: 0.28 over clip_eps 0.2
+    dual_clip: float = non_negative(0.0)  # ppo: c > 1 floors the surrogate at c A for A < 0 (3 in the paper); 0: off
     kl_coef: float = non_negative(0.0)  # k3 KL to the reference (initial) policy
-    aggregation: str = choice("token", "sequence")
+    # token: every token weighs the same; sequence: every sequence; constant: token sums / aggregation_length
+    aggregation: str = choice("token", "sequence", "constant")
+    aggregation_length: int = non_negative(0)  # constant's normaliser; 0: the generation budget (max_new_tokens)
+    # the log-probs the loss's ratio is taken against: engine (the sampler's mu: corrects staleness and the
+    # engine's numerics) or trainer (the trainer's own, detached: the ratio is 1, no correction)
+    behaviour_logprobs: str = choice("engine", "trainer")
+    # behaviour_logprobs=trainer: weigh each token by pi/mu from the engine's mu (TIS truncates it at
+    # correction_threshold, MIS masks what lies past it), per token or per sequence
+    correction: str = choice("none", "truncate", "mask")
+    correction_level: str = choice("token", "sequence")
+    correction_threshold: float = positive(2.0)
     # a rollout whose advantage is 0 on every token (its group all right or all wrong) adds no gradient when
     # kl_coef is 0, only tokens to the loss's mean: not training on it saves its forward and backward and
     # weighs the informative tokens as DAPO's dynamic sampling does (without resampling)
     drop_zero_advantage: bool = False
+    # DAPO: draw further batches until prompts_per_step groups of differing rewards are in hand (the rest are
+    # left out), at most dynamic_max_batches batches a step
+    dynamic_sampling: bool = False
+    dynamic_max_batches: int = positive(4)
+    overlong_buffer: int = non_negative(0)  # DAPO's soft length penalty over the budget's last this many tokens
+    overlong_penalty: float = non_negative(1.0)  # the penalty at the budget
+    overlong_filter: bool = False  # leave truncated rollouts out of the loss (their group's advantages unchanged)
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.loss == "gspo" and self.aggregation != "sequence":
+            yield "aggregation", f"gspo's objective is a mean over sequences; use sequence (got {self.aggregation})"
+        if self.dual_clip and self.loss != "ppo":
+            yield "dual_clip", f"dual-clip bounds PPO's clipped ratio; it needs loss=ppo (got {self.loss})"
+        if self.dual_clip and self.dual_clip <= 1:
+            yield "dual_clip", f"must be > 1 (the floor is c A, below the clipped surrogate); got {self.dual_clip}"
+        if self.correction != "none" and self.behaviour_logprobs != "trainer":
+            yield (
+                "correction",
+                "corrects toward the engine's mu; the ratio already uses it unless behaviour_logprobs=trainer",
+            )
+
+    @property
+    def clip_high(self) -> float:
+        return self.clip_eps_high or self.clip_eps
 
 
 def _token_logprobs(
@@ -127,7 +170,8 @@ def collate(seqs: list[Sequence], pad_id: int, device: torch.device, share_promp
             mu[i, span] = torch.tensor(s.behaviour_logprobs)
         if s.advantages is not None:
             adv[i, span] = torch.tensor(s.advantages)
-    out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "mu": mu, "adv": adv}
+    staleness = torch.tensor([s.staleness for s in seqs])[:, None]
+    out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "mu": mu, "adv": adv, "staleness": staleness}
     if share_prompts:
         prompts, rows_prompt = distinct([s.prompt_ids for s in seqs])
         prefix_ids, prefix_mask = _right_padded([list(p[:-1]) for p in prompts], max(map(len, prompts)) - 1, pad_id)
@@ -179,12 +223,45 @@ def computed_tokens(seqs: list[Sequence], share_prompts: bool) -> int:
     return sum(map(len, distinct([s.prompt_ids for s in seqs])[0])) + sum(len(s.completion_ids) for s in seqs)
 
 
+def _policy_loss(
+    logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, a: AlgorithmConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token loss of `a.loss` against the log-probs `old`, and the ratio its clip acts on (detached)."""
+    if a.loss == "aipo":
+        per_token = losses.aipo(logp, old, adv, a.rho)
+    elif a.loss == "ppo":
+        per_token = losses.ppo_clip(logp, old, adv, a.clip_eps, a.clip_high, a.dual_clip)
+    elif a.loss == "gspo":
+        per_token = losses.gspo(logp, old, adv, mask, a.clip_eps, a.clip_high)
+        return per_token, losses.sequence_ratio(logp, old, mask).detach().expand_as(logp)
+    else:
+        per_token = losses.cispo(logp, old, adv, a.clip_eps, a.clip_high)
+    return per_token, torch.exp(logp - old).detach()
+
+
 def _clipped(ratio: torch.Tensor, adv: torch.Tensor, algo: AlgorithmConfig) -> torch.Tensor:
-    """Tokens whose gradient the loss bounds: AIPO's weight truncated at rho; PPO's ratio past the clip on the side
-    where the clip binds (above 1 + eps with a positive advantage, below 1 - eps with a negative one)."""
+    """Tokens whose gradient the loss bounds: AIPO's weight truncated at rho; CISPO's weight clipped on either side;
+    PPO's and GSPO's ratio past the clip on the side where the clip binds (above 1 + eps_high with a positive
+    advantage, below 1 - eps with a negative one, or past the dual clip with a negative one)."""
     if algo.loss == "aipo":
         return (ratio > algo.rho).float()
-    return (((ratio > 1 + algo.clip_eps) & (adv > 0)) | ((ratio < 1 - algo.clip_eps) & (adv < 0))).float()
+    above, below = ratio > 1 + algo.clip_high, ratio < 1 - algo.clip_eps
+    if algo.loss == "cispo":
+        return (above | below).float()
+    dual = (ratio > algo.dual_clip) & (adv < 0) if algo.dual_clip else torch.zeros_like(above)
+    return ((above & (adv > 0)) | (below & (adv < 0)) | dual).float()
+
+
+# metric -> (the summed statistic, the token count it is a mean over)
+TOKEN_MEANS = {
+    "ratio_mean": ("ratio", "tokens"),
+    "clipped_mean": ("clipped", "tokens"),
+    "kl_mean": ("kl", "tokens"),
+    "is_weight_mean": ("is_weight", "tokens"),
+    "offpolicy_logprob_abs": ("offpolicy_abs", "tokens"),
+    "mismatch_logprob_abs": ("mismatch_abs", "current_tokens"),
+    "mismatch_kl": ("mismatch_k3", "current_tokens"),
+}
 
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -231,6 +308,8 @@ class Trainer:
         parallel: str = "ddp",
         offload: bool = False,
     ):
+        if algo.aggregation == "constant" and not algo.aggregation_length:
+            raise ValueError("algorithm.aggregation=constant needs aggregation_length (build.trainer sets the budget)")
         self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
@@ -289,16 +368,27 @@ class Trainer:
         )
         if supervised:
             return -logp, {}
-        a = self.algo
-        if a.loss == "aipo":
-            per_token = losses.aipo(logp, batch["mu"], batch["adv"], a.rho)
-        else:
-            per_token = losses.ppo_clip(logp, batch["mu"], batch["adv"], a.clip_eps)
-        ratio = torch.exp(logp - batch["mu"]).detach()
+        a, mask, mu = self.algo, batch["mask"], batch["mu"]
+        old = logp.detach() if a.behaviour_logprobs == "trainer" else mu
+        per_token, ratio = _policy_loss(logp, old, batch["adv"], mask, a)
+        # the engine's mu against the trainer's pi (before this step's update): over every token, and over those
+        # sampled by the trainer's current version, where the gap is the engine's numerics alone
+        gap = (logp.detach() - mu).abs() * mask
+        current = mask * (batch["staleness"] == 0)
         stats = {
-            "ratio_sum": (ratio * batch["mask"]).sum().item(),
-            "clipped_sum": (_clipped(ratio, batch["adv"], a) * batch["mask"]).sum().item(),
+            "ratio": (ratio * mask).sum().item(),
+            "clipped": (_clipped(ratio, batch["adv"], a) * mask).sum().item(),
+            "offpolicy_abs": gap.sum().item(),
+            "mismatch_abs": (gap * current).sum().item(),
+            "mismatch_k3": (losses.kl_k3(mu, logp.detach()) * current).sum().item(),  # KL(mu || pi), tokens ~ mu
+            "current_tokens": current.sum().item(),
         }
+        if a.correction != "none":
+            weight = losses.importance_weights(
+                logp - mu, mask, a.correction_level, a.correction, a.correction_threshold
+            )
+            per_token = per_token * weight
+            stats["is_weight"] = (weight * mask).sum().item()
         if a.kl_coef > 0:
             with torch.no_grad():
                 ref = sequence_logprobs(
@@ -311,7 +401,7 @@ class Trainer:
                 )
             kl = losses.kl_k3(logp, ref)
             per_token = per_token + a.kl_coef * kl
-            stats["kl_sum"] = (kl * batch["mask"]).sum().item()
+            stats["kl"] = (kl * mask).sum().item()
         return per_token, stats
 
     def step(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
@@ -370,7 +460,9 @@ class Trainer:
                 self.logprobs.set_requires_gradient_sync(last)
             with contextlib.nullcontext() if last or world == 1 or self.sharded else self.logprobs.no_sync():
                 per_token, stats = self._token_loss(batch, supervised)
-                loss = losses.aggregate(per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs)
+                loss = losses.aggregate(
+                    per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs, self.algo.aggregation_length
+                )
                 (loss * world * real).backward()  # DDP averages over ranks; the loss is a share of the global sum
             loss_total += real * loss.item()
             for k, v in stats.items():  # fillers too (weight 0): every rank then reduces the same keys
@@ -379,7 +471,7 @@ class Trainer:
         computed = sum(computed_tokens(g, sh) for g, sh in zip(groups, shared, strict=True))
         loss_total, trained, computed, *sum_values = _all_reduce([loss_total, trained, computed, *sums.values()])
         metrics = {"loss": loss_total, "trained_tokens": trained, "computed_tokens": computed}
-        metrics.update(
-            {k.removesuffix("_sum") + "_mean": v / max(total_tokens, 1) for k, v in zip(sums, sum_values, strict=True)}
-        )
+        sums = dict(zip(sums, sum_values, strict=True)) | {"tokens": total_tokens}
+        # a mean over no tokens (no rollout sampled by the current version) is left out, not logged as 0
+        metrics.update({k: sums[v] / sums[n] for k, (v, n) in TOKEN_MEANS.items() if v in sums and sums[n] > 0})
         return metrics
