@@ -1,4 +1,4 @@
-"""relayrl train | eval | tts | rm train | serve | models import."""
+"""relayrl train | eval | tts | rm train | serve | plan | models import."""
 
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def _serve(args) -> None:
     serve(args.model, args.host, args.port, cfg, args.max_batch, args.max_kv_tokens, args.threads)
 
 
+def _plan(args) -> None:
+    from relayrl.plan.report import plan_command
+
+    plan_command(args.model, args.device, args.devices, args.set, args.max_staleness, args.plot, args.json)
+
+
 def _models_import(args) -> None:
     output = Path(args.output) if args.output else None
     if args.gguf:
@@ -172,6 +178,17 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--reward-model", help="a reward model folder (relayrl rm train): serves best_of_n@N")
     s.add_argument("--threads", type=int, default=0, help="torch threads for the model (0: every core)")
     s.set_defaults(func=_serve)
+    pl = sub.add_parser(
+        "plan", help="predict step time and tokens/s of each placement, split and staleness (docs/planning.md)"
+    )
+    pl.add_argument("model", help="a size (8B, 135M), a builtin (tiny-llama), a local HF folder or a hub id")
+    pl.add_argument("set", nargs="*", metavar="section.field=value", help="workload.*, device.*, precision.* changes")
+    pl.add_argument("--device", default="H100", help="H100, H200, A100, L4, or cpu (this machine, measured)")
+    pl.add_argument("--devices", type=int, help="devices to place (default: 8 GPUs, or this machine's cores)")
+    pl.add_argument("--max-staleness", type=int, default=4, help="the largest async staleness bound tried")
+    pl.add_argument("--plot", metavar="PNG", help="also plot step time against the generator's share of devices")
+    pl.add_argument("--json", metavar="FILE", help="also write every alternative as JSON")
+    pl.set_defaults(func=_plan)
     m = sub.add_parser("models", help="manage local models").add_subparsers(dest="action", required=True)
     i = m.add_parser("import", help="convert a GGUF into an HF model folder (cached); prints the folder")
     source = i.add_mutually_exclusive_group(required=True)

@@ -3,6 +3,7 @@ worked out by hand, and the search over placements."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -198,3 +199,24 @@ def test_model_shapes():
     with pytest.raises(PlanError, match="not a size"):
         from_size("eight billion")
     assert math.isclose(llama8b.kv_bytes_per_token(2), 2 * 32 * 8 * 128 * 2)
+
+
+def test_plan_command(tmp_path, capsys):
+    from relayrl.cli import main
+
+    out = tmp_path / "plan.json"
+    main(["plan", "8B", "workload.prompts=32", "--devices", "16", "--max-staleness", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "disaggregated" in printed and "colocated" in printed and "->" in printed
+    report = json.loads(out.read_text())
+    steps = {row["label"]: row["schedule"]["step_seconds"] for row in report["options"]}
+    assert steps[report["recommended"]] <= min(steps.values()) * 1.01
+    assert {row["placement"]["kind"] for row in report["options"]} == {"colocated", "disaggregated"}
+    for bad, message in [
+        ("workload.prompt=3", "Workload has no field 'prompt'"),
+        ("device.flops=fast", "device.flops: expected float"),
+        ("precision.gen_bytes=0", "Precision.gen_bytes: must be > 0"),
+        ("prompts=3", "expected section.field=value"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(["plan", "8B", bad])
