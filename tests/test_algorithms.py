@@ -320,3 +320,14 @@ def test_algorithm_rules_name_the_field(overrides, named):
 
     with pytest.raises(ConfigError, match=rf"^{named}: "):
         load_config(None, overrides)
+
+
+def test_every_named_algorithm_is_a_valid_config():
+    from relayrl.algorithms.named import NAMED
+    from relayrl.config import load_config
+
+    configs = {name: load_config(None, overrides).algorithm for name, overrides in NAMED.items()}
+    dapo = configs["dapo"]
+    assert (dapo.loss, dapo.clip_eps, dapo.clip_high, dapo.aggregation) == ("ppo", 0.2, 0.28, "token")
+    assert dapo.dynamic_sampling and dapo.overlong_buffer > 0 and dapo.kl_coef == 0
+    assert (configs["dr_grpo"].advantage, configs["dr_grpo"].aggregation) == ("dr_grpo", "constant")
