@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from relayrl.config import Config
-from relayrl.executors.generator import LocalGenerator, ProcessGenerator
+from relayrl.executors.generator import GeneratorSpec, LocalGenerator, ProcessGenerator
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.models import load_model_and_tokenizer
 from relayrl.rewards.judge import make_judge
@@ -97,13 +97,19 @@ def trainer(run: Run):
 
 
 def generator(run: Run):
+    """In this process (sync), a process of its own (async, or any vLLM engine: vLLM takes over its process's torch
+    threads and starts a torch.distributed group), or Ray actors."""
     cfg = run.cfg
-    args = (run.model.config, run.tokenizer, run.sampling, run.rewards.format.parse if run.rewards else None)
+    spec = GeneratorSpec(
+        run.model.config, run.tokenizer, run.sampling, run.rewards.format.parse if run.rewards else None, cfg.generation
+    )
     if cfg.executors == "ray":
         from relayrl.executors.ray_actors import RayGenerator
 
-        return RayGenerator(cfg.ray, *args, threads=run.gen_threads)
-    return ProcessGenerator(*args, threads=run.gen_threads) if cfg.mode == "async" else LocalGenerator(*args)
+        return RayGenerator(cfg.ray, spec, threads=run.gen_threads)
+    if cfg.mode == "async" or cfg.generation.backend == "vllm":
+        return ProcessGenerator(spec, threads=run.gen_threads)
+    return LocalGenerator(spec)
 
 
 def scorer(run: Run):

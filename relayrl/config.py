@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from relayrl.executors.ray_config import RayConfig
+from relayrl.generation.engines import GenerationConfig
 from relayrl.generation.messages import SpocFormat
 from relayrl.models import TINY_ARCHS, missing_folder
 from relayrl.rewards.verifier import RewardConfig
@@ -149,6 +150,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     spoc: SpocConfig = field(default_factory=SpocConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # the sampling engine (docs/generation.md)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     # RL's step: at 3e-4 a warm start that samples right 1 time in 4 random-walks (docs/benchmarks.md, "The
     # embedded default over seeds"); 1e-4 lifts those by 25-35 points and the better ones as much as 3e-4 did

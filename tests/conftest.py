@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+import relayrl  # noqa: F401  first: it hides torch extensions built for another torch (relayrl/compat.py)
+
 
 def tiny_overrides(run_dir, **extra) -> list[str]:
     """A training job small enough for the test suite: seconds, not minutes."""

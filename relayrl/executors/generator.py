@@ -13,17 +13,17 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.multiprocessing as mp
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from relayrl.errors import TrainingError
-from relayrl.executors.weights import load_flat
+from relayrl.generation.engines import GenerationConfig, engine_environment, environment, make_engine
 from relayrl.generation.messages import Span, token_messages
-from relayrl.generation.sampler import SamplingConfig, sample
+from relayrl.generation.sampler import SamplingConfig
 from relayrl.orphans import die_with_parent
 from relayrl.rollout import Rollout
 
@@ -42,37 +42,37 @@ Split = Callable[[str], list[Span]]
 """A completion's text -> its messages (e.g. SpocFormat.parse); picklable, to reach generator processes."""
 
 
-class GeneratorWorker:
-    """A model copy that samples rollouts with the version it was last given."""
+@dataclass
+class GeneratorSpec:
+    """What every generator is built from; picklable, to reach generator processes and Ray actors."""
 
-    def __init__(
-        self,
-        model_config: PretrainedConfig,
-        tokenizer: PreTrainedTokenizerBase,
-        sampling: SamplingConfig,
-        split: Split | None = None,
-    ):
-        self.model = AutoModelForCausalLM.from_config(model_config).eval()
-        self.tokenizer, self.sampling, self.split, self.version = tokenizer, sampling, split, -1
+    model_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    sampling: SamplingConfig
+    split: Split | None = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+class GeneratorWorker:
+    """An engine that samples rollouts with the version it was last given."""
+
+    def __init__(self, spec: GeneratorSpec, device: str = "cpu"):
+        self.engine = make_engine(spec.generation, spec.model_config, spec.tokenizer, device)
+        self.tokenizer, self.sampling, self.split = spec.tokenizer, spec.sampling, spec.split
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
 
     def load(self, flat: torch.Tensor, version: int) -> None:
-        load_flat(self.model, flat)
-        self.version = version
+        self.engine.load(flat, version)
 
     def generate(self, req: GenerateRequest) -> tuple[list[Rollout], float]:
         """The batch's rollouts and the seconds sampling took."""
         start, n = time.perf_counter(), req.samples_per_prompt
         prompts = [p for p in req.prompt_ids for _ in range(n)]
-        gen = torch.Generator().manual_seed(req.seed)
-        samples = sample(
-            self.model,
-            prompts,
-            self.sampling,
-            self.tokenizer.eos_token_id,
-            self.tokenizer.pad_token_id,
-            gen,
-            self.tokenizer.decode,
-        )
+        version = self.version  # every rollout carries the version its engine sampled with
+        samples = self.engine.sample(prompts, self.sampling, req.seed)
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
         rollouts = []
         for i, s in enumerate(samples):
@@ -84,7 +84,7 @@ class GeneratorWorker:
                     prompt_ids=prompts[i],
                     completion_ids=s.completion_ids,
                     logprobs=s.logprobs,
-                    version=self.version,
+                    version=version,
                     text=text,
                     finish_reason=s.finish_reason,
                     answer=req.answers[i // n],
@@ -98,8 +98,8 @@ class GeneratorWorker:
 class LocalGenerator:
     """In-process: generation runs when its result is collected."""
 
-    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None = None):
-        self.worker = GeneratorWorker(model_config, tokenizer, sampling, split)
+    def __init__(self, spec: GeneratorSpec):
+        self.worker = GeneratorWorker(spec)
         self.queue: deque = deque()
 
     def publish(self, flat: torch.Tensor, version: int) -> None:
@@ -123,13 +123,15 @@ class LocalGenerator:
         self.queue.clear()
 
 
-def _serve(
-    inbox, outbox, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int, parent: int
-) -> None:
+def _serve(inbox, outbox, spec: GeneratorSpec, threads: int, parent: int) -> None:
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     torch.set_num_threads(threads)
-    worker = GeneratorWorker(model_config, tokenizer, sampling, split)
+    try:
+        worker = GeneratorWorker(spec)
+    except Exception as e:  # e.g. vLLM missing or refusing the model: the controller reports it, not a dead pipe
+        outbox.put(("error", f"{type(e).__name__}: {e}"))
+        return
     while True:
         try:
             kind, *args = inbox.get(timeout=1.0)
@@ -151,15 +153,12 @@ def _serve(
 class ProcessGenerator:
     """A generator process with its own thread budget, so sampling overlaps training."""
 
-    def __init__(self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None = None, threads: int = 1):
+    def __init__(self, spec: GeneratorSpec, threads: int = 1):
         ctx = mp.get_context("spawn")
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        self.proc = ctx.Process(
-            target=_serve,
-            args=(self.inbox, self.outbox, model_config, tokenizer, sampling, split, threads, os.getpid()),
-            daemon=True,
-        )
-        self.proc.start()
+        self.proc = ctx.Process(target=_serve, args=(self.inbox, self.outbox, spec, threads, os.getpid()), daemon=True)
+        with environment(engine_environment(spec.generation)):  # read when the process starts (LD_PRELOAD)
+            self.proc.start()
 
     def publish(self, flat: torch.Tensor, version: int) -> None:
         self.inbox.put(("weights", flat.clone(), version))  # the clone travels through shared memory

@@ -29,10 +29,10 @@ from transformers import AutoModelForCausalLM
 
 from relayrl.errors import TrainingError
 from relayrl.executors import weight_sync
-from relayrl.executors.generator import GenerateRequest, GeneratorWorker, Split
+from relayrl.executors.generator import GenerateRequest, GeneratorSpec, GeneratorWorker
 from relayrl.executors.ray_config import RayConfig
-from relayrl.executors.weights import flatten, load_flat
-from relayrl.generation.sampler import SamplingConfig
+from relayrl.executors.weights import flatten, load_flat, parameter_shapes
+from relayrl.generation.engines import engine_environment
 from relayrl.rewards.verifier import RewardConfig, RewardError, RewardFn, assign_result, reward_args, takes_prompt
 from relayrl.rollout import Rollout
 from relayrl.training.trainer import Sequence, Trainer
@@ -105,21 +105,20 @@ class GeneratorActor(_Actor):
     loads the newest complete version (never older than the one it names) before a batch, never during one.
     """
 
-    def __init__(
-        self, model_config, tokenizer, sampling: SamplingConfig, split: Split | None, threads: int, offload: bool
-    ):
+    def __init__(self, spec: GeneratorSpec, threads: int, offload: bool):
         torch.set_num_threads(threads)
-        self.worker = GeneratorWorker(model_config, tokenizer, sampling, split)
-        # a GPU, when Ray gave this actor one (ray.generator_gpus); colocated, the model leaves it between batches
-        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.offload = offload and self.device.type == "cuda"  # untested here: no GPU
-        self.worker.model.to("cpu" if self.offload else self.device)
+        # a GPU, when Ray gave this actor one (ray.generator_gpus); colocated, the engine sleeps between batches
+        self.worker = GeneratorWorker(spec, "cuda" if torch.cuda.is_available() else "cpu")
+        self.offload = offload and torch.cuda.is_available()  # untested here: no GPU
+        if self.offload:
+            self.worker.engine.sleep()
         self.received = threading.Condition()
         self.front, self.front_version = None, -1
+        self.numel = sum(shape.numel() for _, shape in parameter_shapes(spec.model_config))
 
     def join_sync(self, address: str, rank: int, world: int, bucket_mb: float) -> None:
         self.pg, self.bucket_mb = weight_sync.init_group(address, rank, world), bucket_mb
-        self.back = torch.empty_like(flatten(self.worker.model))
+        self.back = torch.empty(self.numel)
         self.front = torch.empty_like(self.back)
 
     @ray.method(concurrency_group="sync")
@@ -131,21 +130,20 @@ class GeneratorActor(_Actor):
         return version
 
     def generate(self, req: GenerateRequest, version: int, weights: list | None) -> tuple[list[Rollout], float]:
-        if weights is None:  # broadcast: wait for that version (or a newer one) to be complete
-            with self.received:
-                self.received.wait_for(lambda: self.front_version >= version)
-                if self.worker.version != self.front_version:
-                    self.worker.load(self.front, self.front_version)
-        elif self.worker.version != version:
-            self.worker.load(_fetch(weights[0]), version)
-        if not self.offload:
-            return self.worker.generate(req)
-        self.worker.model.to(self.device)
+        if self.offload:
+            self.worker.engine.wake()
         try:
+            if weights is None:  # broadcast: wait for that version (or a newer one) to be complete
+                with self.received:
+                    self.received.wait_for(lambda: self.front_version >= version)
+                    if self.worker.version != self.front_version:
+                        self.worker.load(self.front, self.front_version)
+            elif self.worker.version != version:
+                self.worker.load(_fetch(weights[0]), version)
             return self.worker.generate(req)
         finally:
-            self.worker.model.to("cpu")  # the colocated trainer gets the GPU back
-            torch.cuda.empty_cache()
+            if self.offload:
+                self.worker.engine.sleep()  # the colocated trainer gets the GPU back
 
 
 @dataclass
@@ -161,14 +159,16 @@ class _Call:
 class RayGenerator:
     """N generator replicas as Ray actors, behind LocalGenerator's four calls (plus `stats`)."""
 
-    def __init__(self, cfg: RayConfig, model_config, tokenizer, sampling: SamplingConfig, split=None, threads=1):
+    def __init__(self, cfg: RayConfig, spec: GeneratorSpec, threads: int = 1):
         connect(cfg)
         actor = ray.remote(concurrency_groups={"sync": 1})(GeneratorActor)
         options = _options(cfg, cfg.generator_cpus, cfg.generator_gpus, placed=True)
+        if variables := engine_environment(spec.generation):  # read when the actor's process starts (LD_PRELOAD)
+            options["runtime_env"] = {"env_vars": variables}
         run = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a replica: ray.util.list_named_actors()
         self.actors = [
             actor.options(**options, name=f"relayrl-{run}-generator{i}").remote(
-                model_config, tokenizer, sampling, split, threads, cfg.placement == "colocated"
+                spec, threads, cfg.placement == "colocated"
             )
             for i in range(cfg.generators)
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
 
 def flatten(model: nn.Module) -> torch.Tensor:
@@ -25,3 +26,11 @@ def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
         offset += p.numel()
     if offset != flat.numel():
         raise ValueError(f"weight sync: got {flat.numel()} values for a model of {offset} parameters")
+
+
+def parameter_shapes(model_config: PretrainedConfig) -> list[tuple[str, torch.Size]]:
+    """(name, shape) of each parameter of the model `model_config` builds, in `flatten`'s order (tied weights once),
+    from a model on the meta device: no memory, no weights."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    return [(n, p.shape) for n, p in model.named_parameters()]

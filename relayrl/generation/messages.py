@@ -65,6 +65,11 @@ class SpocFormat:
         m = self._verdicts().search(message)
         return None if m is None else m.group(1) == YES
 
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        """Where the stop rule can first hold: the end of a verdict (engines that stop on strings check it there)."""
+        return (f"{self.ask} {YES}", f"{self.ask} {NO}")
+
     def __call__(self, text: str) -> bool:
         """The stop rule (`SamplingConfig.stop_rule`): a Yes, or the turn cap's verdict, ends the completion."""
         spans = self.parse(text)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from relayrl.hf_compat import CACHE
+
 
 @dataclass
 class SamplingConfig:
@@ -81,7 +83,12 @@ def next_tokens(
 def last_logits(model, input_ids, mask, positions, cache) -> torch.Tensor:
     """The float32 logits of each row's last position, the cache extended by `input_ids`: one decoding step."""
     out = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{CACHE: cache},
     )
     return out.logits[:, -1].float()
 
