@@ -21,6 +21,7 @@ from relayrl.executors.weights import parameter_shapes
 from relayrl.generation.engines import GenerationConfig
 from relayrl.generation.sampler import Sample, SamplingConfig
 
+
 def prepare_environment(kv_cache_gb: int) -> None:
     """What vLLM reads when it is imported."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
