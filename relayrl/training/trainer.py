@@ -28,6 +28,7 @@ from relayrl.algorithms import losses
 from relayrl.algorithms.sequences import Sequence
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import distinct
+from relayrl.hf_compat import CACHE, cache_of
 from relayrl.schema import choice, non_negative, positive, setting
 
 
@@ -124,10 +125,10 @@ def sequence_logprobs(
     handed to every row that continues it (the gradient flows back through the cache to the shared tokens)."""
     extra = {}
     if prefix is not None:
-        cache = model.base_model(input_ids=prefix["ids"], attention_mask=prefix["mask"], use_cache=True).cache
+        cache = cache_of(model.base_model(input_ids=prefix["ids"], attention_mask=prefix["mask"], use_cache=True))
         cache.batch_select_indices(prefix["rows"])
         attention_mask = torch.cat([prefix["mask"][prefix["rows"]], attention_mask], dim=1)
-        extra = {"cache": cache, "position_ids": prefix["positions"]}
+        extra = {CACHE: cache, "position_ids": prefix["positions"]}
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
     hidden, targets = hidden[:, :-1][where], input_ids[:, 1:][where]
     head = model.get_output_embeddings()
