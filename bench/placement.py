@@ -169,6 +169,7 @@ def measured(run_dir: Path, skip: int) -> dict:
 def predict(cfg, runs: dict[str, dict], device) -> dict:
     """Each setting's step time by relayrl.plan, from the batch shape the runs measured; and, from the measured
     phases of the disaggregated sync run alone, the pipeline's prediction of disaggregated async."""
+    from relayrl.plan.calibrate import training_efficiency
     from relayrl.plan.inputs import Placement, Precision, Workload
     from relayrl.plan.model_shapes import resolve
     from relayrl.plan.phases import PhaseTimes
@@ -188,6 +189,10 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
         share_prompts=True,  # relayrl's sampler always shares, its trainer by optim.share_prompts (on)
     )
     model = resolve(cfg.model.name_or_path)
+    length = round(prompt + completion)  # a micro-batch of whole sequences, at most 4096 tokens
+    rows_per_micro_batch = max(1, min(cfg.optim.micro_batch_tokens, 4096) // length)
+    efficiency = training_efficiency(model, rows_per_micro_batch, length, device.flops)
+    device = dataclasses.replace(device, train_efficiency=efficiency, prefill_efficiency=efficiency)
     precision = Precision(gen_bytes=4, train_state_bytes=16, offload_bytes=0)  # fp32, one memory
     placements = {
         "colocated_sync": Placement("colocated", cores, gen_tp=cores, mode="sync"),
@@ -195,7 +200,12 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
         "disaggregated_sync": Placement("disaggregated", 1, 1, 1, mode="sync"),
         "disaggregated_async": Placement("disaggregated", 1, 1, 1, mode="async", max_staleness=1),
     }
-    out = {"model": dataclasses.asdict(model), "workload": dataclasses.asdict(workload), "settings": {}}
+    out = {
+        "model": dataclasses.asdict(model),
+        "workload": dataclasses.asdict(workload),
+        "matmul_efficiency": efficiency,
+        "settings": {},
+    }
     for setting, place in placements.items():
         option = evaluate(model, device, precision, workload, place)
         got = runs[setting]["step_seconds"]

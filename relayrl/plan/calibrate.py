@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from relayrl.plan.inputs import Device
+from relayrl.plan.inputs import Device, ModelShape
 
 MATMUL_PEAK = Path(__file__).resolve().parents[2] / "bench" / "results" / "matmul_peak.json"
 CPU_TRAIN_EFFICIENCY = 0.6  # measured 6ND share of the matmul peak: 49% (tiny-llama), 76% (SmolLM2-135M)
@@ -41,6 +41,34 @@ def gemv_bandwidth() -> float:
 
     w, x = torch.randn(4096, 8192), torch.randn(8192)
     return w.numel() * w.element_size() / _best(lambda: w @ x, 10)
+
+
+def training_efficiency(m: ModelShape, rows: int, length: int, peak: float) -> float:
+    """Share of `peak` (one thread) that forward and backward of this model's decoder layers reach on `rows`
+    sequences of `length` tokens, counting 6 x layer params x tokens: narrow models run far below the
+    2048-wide matmul peak (docs/benchmarks.md: 49% for tiny-llama's whole step, 76% for SmolLM2-135M's)."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=m.hidden,
+        intermediate_size=m.intermediate or 4 * m.hidden,
+        num_hidden_layers=2,
+        num_attention_heads=m.heads,
+        num_key_value_heads=m.kv_heads,
+        head_dim=m.head_dim,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = LlamaModel(config)
+        x = torch.randn(rows, length, m.hidden, requires_grad=True)
+        seconds = _best(lambda: model(inputs_embeds=x).last_hidden_state.sum().backward(), 3)
+    finally:
+        torch.set_num_threads(threads)
+    layer_params = sum(p.numel() for p in model.layers.parameters())
+    return min(1.0, 6 * layer_params * rows * length / seconds / peak)
 
 
 def decode_overheads(tokens: int = 16) -> tuple[float, float, float]:

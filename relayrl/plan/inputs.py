@@ -41,6 +41,7 @@ class ModelShape:
     head_dim: int
     vocab: int
     tied_embeddings: bool = False
+    intermediate: int = 0  # the MLP's width (calibration measures matmuls of this shape)
 
     def check(self) -> ModelShape:
         _check_positive(self, "params", "layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")

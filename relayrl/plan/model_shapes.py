@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ def decoder(name: str, hidden: int, layers: int, heads: int, kv_heads: int, inte
     attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
     per_layer = attention + 3 * hidden * inter + 2 * hidden
     params = layers * per_layer + vocab * hidden * (1 if tied else 2) + hidden
-    return ModelShape(name, params, layers, hidden, heads, kv_heads, head_dim, vocab, tied)
+    return ModelShape(name, params, layers, hidden, heads, kv_heads, head_dim, vocab, tied, inter)
 
 
 def from_size(text: str) -> ModelShape:
@@ -73,7 +74,7 @@ def from_config(name: str, config) -> ModelShape:
     if head_dim != hidden // heads:  # e.g. Gemma: attention width differs from the hidden size
         attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
         params = shape.params + shape.layers * (attention - hidden * (hidden // heads) * (2 * heads + 2 * kv_heads))
-        shape = ModelShape(name, params, shape.layers, hidden, heads, kv_heads, head_dim, shape.vocab, tied)
+        shape = dataclasses.replace(shape, params=params, head_dim=head_dim)
     return shape
 
 
