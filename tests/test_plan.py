@@ -202,16 +202,21 @@ def test_model_shapes():
 
 
 def test_plan_command(tmp_path, capsys):
-    from relayrl.cli import main
+    from relayrl.plan.report import plan_command
 
     out = tmp_path / "plan.json"
-    main(["plan", "8B", "workload.prompts=32", "--devices", "16", "--max-staleness", "2", "--json", str(out)])
+    plan_command("8B", "H100", 16, ["workload.prompts=32"], max_staleness=2, plot_to=None, json_to=str(out))
     printed = capsys.readouterr().out
     assert "disaggregated" in printed and "colocated" in printed and "->" in printed
     report = json.loads(out.read_text())
     steps = {row["label"]: row["schedule"]["step_seconds"] for row in report["options"]}
     assert steps[report["recommended"]] <= min(steps.values()) * 1.01
     assert {row["placement"]["kind"] for row in report["options"]} == {"colocated", "disaggregated"}
+
+
+def test_plan_errors_name_the_field():
+    from relayrl.cli import main  # the subcommand is wired, and its errors are one line
+
     for bad, message in [
         ("workload.prompt=3", "Workload has no field 'prompt'"),
         ("device.flops=fast", "device.flops: expected float"),

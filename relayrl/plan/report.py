@@ -37,9 +37,9 @@ def overrides(items: list[str]) -> dict[str, dict]:
         if not eq or section not in sections or not name:
             raise PlanError(f"{item!r}: expected section.field=value, section one of {', '.join(sections)}")
         cls = sections[section]
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        if name not in types or name == "name":
-            raise PlanError(f"{key}: {cls.__name__} has no field {name!r}; fields: {', '.join(t for t in types)}")
+        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "name"}
+        if name not in types:
+            raise PlanError(f"{key}: {cls.__name__} has no field {name!r}; fields: {', '.join(types)}")
         kind = {"int": int, "float": float, "bool": bool, "str": str}[types[name]]
         changes[section][name] = _parse(kind, value, key)
     return changes
