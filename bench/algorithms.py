@@ -1,10 +1,11 @@
 """The algorithms by name side by side on the embedded default task: held-out accuracy over RL and trained tokens/s.
 
-Run alone on the machine (about 6 minutes a run on 2 cores, 9 algorithms x 3 seeds: ~3 hours):
+Run alone on the machine (about 6 minutes a run on 2 cores, 10 algorithms x 3 seeds: ~3 hours):
     .venv/bin/python bench/algorithms.py [--algorithms grpo,dapo,... --seeds 0,1,2 --set key=value ...]
 Each run is `relayrl train <the algorithm's settings (relayrl/algorithms/named.py)> seed=N` in a fresh process, with
 the same prompts and samples per step (DAPO's dynamic sampling draws more: its rows count what it sampled). Per run:
-held-out accuracy at RL's start and end, the gain in points, the held-out curve, trained tokens/s, rollouts sampled.
+held-out accuracy at RL's start and end, the gain in points, the held-out curve, trained tokens/s, rollouts sampled,
+and the critic's share of the trainer's time (PPO-GAE).
 Top level: `algorithms` (the list), per algorithm the mean and range of its gain over seeds, and `best` (the
 algorithm of the largest mean gain). Writes bench/results/algorithms.json and the plot docs/algorithms.png.
 `--set` adds overrides to every run (a smoke test: --set steps=2 sft.steps=5 ...).
@@ -57,6 +58,9 @@ def run(name: str, seed: int, extra: list[str], root: Path) -> dict:
         "rollouts_sampled": batches * r.prompts_per_step * r.samples_per_prompt,
         "rollouts_trained": s["rollouts_trained"],
         "rl_s": s["rl_seconds"],
+        # PPO-GAE: the critic's forward, backward and update, and their share of the trainer's time
+        "value_s": sum(m.get("value_seconds", 0.0) for m in records),
+        "value_share": sum(m.get("value_seconds", 0.0) for m in records) / sum(m["train_seconds"] for m in records),
     }
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     return row
@@ -75,6 +79,7 @@ def summary(rows: list[dict]) -> dict:
             "mean_end": statistics.fmean(r["end"] for r in mine),
             "trained_tokens_per_second": statistics.fmean(r["trained_tokens_per_second"] for r in mine),
             "rollouts_sampled": statistics.fmean(r["rollouts_sampled"] for r in mine),
+            "value_share": statistics.fmean(r["value_share"] for r in mine),
         }
     best = max(names, key=lambda n: per[n]["mean_gain_points"])
     return {

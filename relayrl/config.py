@@ -183,6 +183,8 @@ class Config:
             yield "reward.model", "tts.match=reward_model needs a reward-model folder (relayrl rm train)"
         if a.drop_zero_advantage and a.kl_coef > 0:
             yield "algorithm.drop_zero_advantage", "with kl_coef > 0 a rollout of advantage 0 still has a KL gradient"
+        if self.recipe == "spoc" and a.advantage == "gae":
+            yield "algorithm.advantage", "recipe=spoc rewards each message: its advantages are message-wise RLOO's"
         if a.dynamic_sampling and (self.recipe == "spoc" or samples < 2):
             yield "algorithm.dynamic_sampling", "keeps groups whose rewards differ: it needs >= 2 samples, not spoc"
         budget = self.spoc.max_new_tokens if self.recipe == "spoc" else self.rollout.max_new_tokens

@@ -20,7 +20,7 @@ from relayrl.evaluation.evaluate import EvalResult, evaluate
 from relayrl.generation.sampler import encode_prompt, prompt_text
 from relayrl.run import Run
 from relayrl.state import HeldoutScore, RunState
-from relayrl.training.trainer import Trainer
+from relayrl.training.trainer import AlgorithmConfig, Trainer
 
 
 def prepare(run: Run, stop, show_progress: bool = True) -> None:
@@ -38,7 +38,7 @@ def supervise(
     """`steps` supervised steps on `batch(step)`, on all cores (nothing else runs yet)."""
     torch.set_num_threads(min(run.gen_threads + run.train_threads, os.cpu_count() or 1))
     optim = dataclasses.replace(run.cfg.optim, lr=lr)
-    trainer = Trainer(run.model, optim, run.cfg.algorithm, run.tokenizer.pad_token_id)
+    trainer = Trainer(run.model, optim, AlgorithmConfig(), run.tokenizer.pad_token_id)  # supervised: no algorithm
     in_a_row = 0
     for step in track(range(steps), description=description, disable=not show_progress):
         if stop.requested:

@@ -1,6 +1,7 @@
 """The algorithms by name (docs/algorithms.md): hand-worked examples, and each loss's gradient against autograd
 through a direct transcription of its paper's objective."""
 
+import copy
 import math
 
 import pytest
@@ -313,6 +314,9 @@ def test_ppo_against_the_trainer_with_token_tis_is_aipo():
         (["algorithm.overlong_buffer=33"], "algorithm.overlong_buffer"),
         (["algorithm.advantage=dr_grpo", "rollout.samples_per_prompt=1"], "rollout.samples_per_prompt"),
         (["algorithm.advantage=reinforce_pp_baseline", "rollout.samples_per_prompt=1"], "rollout.samples_per_prompt"),
+        (["algorithm.kl_in_reward=true", "algorithm.kl_coef=0.1"], "algorithm.kl_in_reward"),
+        (["algorithm.advantage=gae", "algorithm.drop_zero_advantage=true"], "algorithm.drop_zero_advantage"),
+        (["recipe=spoc", "algorithm.advantage=gae"], "algorithm.advantage"),
     ],
 )
 def test_algorithm_rules_name_the_field(overrides, named):
@@ -331,3 +335,104 @@ def test_every_named_algorithm_is_a_valid_config():
     assert (dapo.loss, dapo.clip_eps, dapo.clip_high, dapo.aggregation) == ("ppo", 0.2, 0.28, "token")
     assert dapo.dynamic_sampling and dapo.overlong_buffer > 0 and dapo.kl_coef == 0
     assert (configs["dr_grpo"].advantage, configs["dr_grpo"].aggregation) == ("dr_grpo", "constant")
+
+
+# --- PPO with a learned value model: GAE, the critic, its checkpoint ---
+
+
+def test_gae_hand_worked_with_prompt_and_padding_passed_over():
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[9.0, 0.5, 0.6, 0.8, 9.0]])  # the 9s are a prompt position and padding: never read
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]])
+    # gamma 1, lambda 0.5: deltas 0.6 - 0.5 = 0.1, 0.8 - 0.6 = 0.2, 1 - 0.8 = 0.2 (the value past the end is 0);
+    # A = 0.2, 0.2 + 0.5 * 0.2 = 0.3, 0.1 + 0.5 * 0.3 = 0.25 from the end; returns A + V
+    adv, ret = advantages.gae(rewards, values, mask, 1.0, 0.5)
+    assert torch.allclose(adv, torch.tensor([[0.0, 0.25, 0.3, 0.2, 0.0]]))
+    assert torch.allclose(ret, torch.tensor([[0.0, 0.75, 0.9, 1.0, 0.0]]))
+    # lambda 1: the discounted return minus V (0.81, 0.9, 1 at gamma 0.9); lambda 0: the one-step TD error
+    adv, _ = advantages.gae(rewards, values, mask, 0.9, 1.0)
+    assert torch.allclose(adv, torch.tensor([[0.0, 0.81 - 0.5, 0.9 - 0.6, 1.0 - 0.8, 0.0]]))
+    adv, _ = advantages.gae(rewards, values, mask, 0.9, 0.0)
+    assert torch.allclose(adv, torch.tensor([[0.0, 0.9 * 0.6 - 0.5, 0.9 * 0.8 - 0.6, 1.0 - 0.8, 0.0]]))
+    # a one-token row is r - V; a row with no step is all 0
+    one, _ = advantages.gae(
+        torch.tensor([[2.0], [5.0]]), torch.tensor([[0.5], [1.0]]), torch.tensor([[1.0], [0.0]]), 1, 1
+    )
+    assert torch.equal(one, torch.tensor([[1.5], [0.0]]))  # exact: 2 - 0.5
+
+
+def test_gae_sequences_carry_the_reward_on_the_last_token():
+    group = [_rollout(0, 0, 1.0, 3), _rollout(0, 1, 1.0, 8, "length")]
+    seqs = to_sequences(group, "gae", overlong=Overlong(8, buffer=4))
+    assert [s.rewards for s in seqs] == [[0.0, 0.0, 1.0], [0.0] * 7 + [0.0]]  # 1 - the overlong penalty of 1
+    assert all(s.advantages is None for s in seqs)
+
+
+def _gae_batch(trainer):
+    from relayrl.algorithms.sequences import Sequence
+
+    seqs = _seqs_with_mu(trainer, [0.0] * 6, [0] * 6)
+    return [
+        Sequence(
+            s.prompt_ids,
+            s.completion_ids,
+            s.behaviour_logprobs,
+            rewards=[0.0] * (len(s.completion_ids) - 1) + [float(i % 2)],
+        )
+        for i, s in enumerate(seqs)
+    ]
+
+
+def test_ppo_gae_gradients_equal_a_direct_transcription():
+    """The policy's gradient is -(1/N) sum_t A_t grad log pi_t on policy (behaviour_logprobs=trainer: the ratio
+    is 1), with A from GAE over the critic's values; the critic's is that of (1/N) sum_t (V_t - R_t)^2 / 2."""
+    from relayrl.training.trainer import collate, sequence_logprobs
+
+    trainer = _tiny_trainer(advantage="gae", loss="ppo", behaviour_logprobs="trainer", gamma=0.9, lam=0.8)
+    seqs = _gae_batch(trainer)
+    with torch.no_grad():  # the critic starts at 0: give it values to work with
+        trainer.critic.head.weight.normal_(0, 0.5)
+    trainer.accumulate(seqs)
+    ours = [p.grad.clone() for p in [*trainer.model.parameters(), *trainer.critic.parameters()]]
+    trainer.optimizer.zero_grad()
+    trainer.critic_optimizer.zero_grad()
+    batch = collate(seqs, trainer.pad_id, trainer.device)
+    where = batch["mask"] > 0
+    logp = sequence_logprobs(trainer.model, batch["input_ids"], batch["attention_mask"], where, 0.7)
+    values = trainer.critic(batch["input_ids"], batch["attention_mask"], where)
+    n, policy, critic = int(where.sum()), 0.0, 0.0
+    for i, s in enumerate(seqs):  # GAE by its recursion, row by row, over the row's completion tokens
+        lp, v = logp[i][where[i]], values[i][where[i]]
+        a, next_v = 0.0, 0.0
+        for t in reversed(range(len(s.rewards))):
+            value = float(v[t].detach())
+            a = s.rewards[t] + 0.9 * next_v - value + 0.9 * 0.8 * a
+            next_v = value
+            policy = policy - a * lp[t] / n
+            critic = critic + 0.5 * (v[t] - (a + value)) ** 2 / n
+    (policy + critic).backward()
+    theirs = [p.grad for p in [*trainer.model.parameters(), *trainer.critic.parameters()]]
+    ours, theirs = torch.cat([g.reshape(-1) for g in ours]), torch.cat([g.reshape(-1) for g in theirs])
+    assert ours.abs().max() > 0
+    # the same forward on the same batch; the per-token coefficients (A_t / N, (V_t - R_t) / N) are formed in float32
+    # here in float64 Python: a few roundings, 1e-6 relative, then backpropagated by the same operations; with the
+    # terms of an entry summing to ~1.5 x max |g| (as above), 1e-5 x max |g| holds it with margin
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
+
+
+def test_the_critic_learns_and_resumes_exactly_from_its_state():
+    trainer = _tiny_trainer(advantage="gae", loss="ppo", value_lr=1e-2)
+    seqs = _gae_batch(trainer)
+    first = [trainer.step(seqs) for _ in range(4)]
+    assert first[-1]["value_loss"] < first[0]["value_loss"] and first[0]["value_seconds"] > 0
+    state = copy.deepcopy(trainer.state_dict())  # as a checkpoint holds it: not the live optimizer's tensors
+    resumed = _tiny_trainer(advantage="gae", loss="ppo", value_lr=1e-2)
+    resumed.model.load_state_dict(trainer.model.state_dict())
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.critic.parameters(), resumed.critic.parameters(), strict=True))
+    after, again = trainer.step(seqs), resumed.step(seqs)
+    # the same weights, optimizer moments and batch: the same float operations, bit for bit
+    assert after["value_loss"] == again["value_loss"] and after["loss"] == again["loss"]
+    for model in ("model", "critic"):
+        pairs = zip(getattr(trainer, model).parameters(), getattr(resumed, model).parameters(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs), model

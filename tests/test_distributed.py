@@ -1,5 +1,6 @@
 """torch.distributed on CPU (gloo): data-parallel training and the weight-sync broadcast."""
 
+import dataclasses
 import datetime
 import socket
 
@@ -40,8 +41,26 @@ def _trainer(aggregation: str, parallel: str = "ddp", share_prompts: bool = True
     return Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, ref_model=ref, parallel=parallel)
 
 
-def _grads(trainer: Trainer) -> torch.Tensor:
-    return torch.cat([whole(p.grad).reshape(-1) for p in trainer.model.parameters()])
+def _grads(trainer: Trainer, module: torch.nn.Module | None = None) -> torch.Tensor:
+    return torch.cat([whole(p.grad).reshape(-1) for p in (module or trainer.model).parameters()])
+
+
+def _critic_trainer(parallel: str, share_prompts: bool = True) -> Trainer:
+    """PPO with GAE: a critic beside the policy, each completion rewarded on its last token (`_critic_batch`)."""
+    model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
+    optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0, share_prompts=share_prompts)
+    algo = AlgorithmConfig(advantage="gae", loss="ppo")
+    trainer = Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, parallel=parallel)
+    with torch.no_grad():  # its head starts at 0, which leaves the backbone without a gradient: give it one
+        trainer.critic.head.weight.fill_(0.1)
+    return trainer
+
+
+def _critic_batch() -> list[Sequence]:
+    return [
+        dataclasses.replace(s, advantages=None, rewards=[0.0] * (len(s.completion_ids) - 1) + [float(i % 2)])
+        for i, s in enumerate(_batch())
+    ]
 
 
 U = 2.0**-24  # float32 unit roundoff: one rounding moves a value by at most this, relative
@@ -74,6 +93,10 @@ def _rank(rank: int, world: int, address: str, out: str, aggregation: str, paral
     step = trainer.step(_batch()[rank::world])
     result = {"metrics": metrics, "grads": grads, "step": step, "weights": trainer.weights()}
     result["state"] = trainer.state_dict()  # FSDP2: gathered whole, keyed by name
+    if aggregation == "token":  # PPO's critic, data-parallel beside its policy
+        critic = _critic_trainer(parallel)
+        metrics = critic.accumulate(_critic_batch()[rank::world])
+        result["critic"] = metrics, _grads(critic, critic.critic), critic.state_dict()["critic"]["weights"]
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.barrier()  # rank 0 holds the rendezvous store: it leaves last
     dist.destroy_process_group()
@@ -121,6 +144,20 @@ def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parall
             ulp = torch.nextafter(big, torch.full_like(big, float("inf"))) - big
             excess = (got["weights"] - want).abs() - atol - ulp
             assert excess.max() <= 0, f"weight {int(excess.argmax())} off by {float(excess.max())} beyond the bound"
+        if aggregation == "token":  # the critic's gradients and value loss, as the policy's above
+            critic = _critic_trainer(parallel, share_prompts=parallel != "fsdp2")
+            expected = critic.accumulate(_critic_batch())
+            critic_grads = _grads(critic, critic.critic)
+            for rank in range(2):
+                metrics, grads_, weights = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)["critic"]
+                if rank == 0:  # gathered whole to rank 0 (FSDP2) before any update: the one-rank critic's weights
+                    assert all(torch.equal(weights[k], v) for k, v in critic.critic.state_dict().items())
+                # a token mean of (V - R)^2 / 2 >= 0: reordering its sum moves it by <= n * U relative
+                assert metrics["value_loss"] == pytest.approx(expected["value_loss"], rel=n * U)
+                # the critic is a copy of the policy's backbone run on the same tokens: the policy's bound above
+                torch.testing.assert_close(
+                    grads_, critic_grads, rtol=0, atol=1.2 * n * U * float(critic_grads.abs().max())
+                )
         if parallel == "fsdp2":  # the gathered optimizer state is the one-rank state, by parameter name
             state = torch.load(tmp_path / "rank0.pt", weights_only=False)["state"]["optimizer"]["state"]
             names = [n.removeprefix("model.") for n in state]

@@ -53,6 +53,25 @@ def _batch_normalised(values: torch.Tensor, weights: torch.Tensor, eps: float) -
     return (values - mean) / (std + eps)
 
 
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) along each row of (B, T) per-token rewards and a
+    critic's values: delta_t = r_t + gamma V_t+1 - V_t, A_t = delta_t + gamma lam A_t+1, past the last token 0.
+    Only the positions `mask` keeps are steps (a row's prompt and padding are passed over). Returns (advantages,
+    returns = advantages + values), 0 off the mask. lam = 1: the discounted return minus V; lam = 0: delta."""
+    advantages = torch.zeros_like(values)
+    next_value = next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        step = mask[:, t] > 0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = torch.where(step, advantage, 0.0)
+        next_value = torch.where(step, values[:, t], next_value)
+        next_advantage = torch.where(step, advantage, next_advantage)
+    return advantages, (advantages + values) * mask
+
+
 ESTIMATORS = {"grpo": grpo, "rloo": rloo, "reinforce": reinforce, "dr_grpo": dr_grpo}
 TOKEN_WEIGHTED = {"reinforce_pp": reinforce_pp, "reinforce_pp_baseline": reinforce_pp_baseline}
 

@@ -76,6 +76,12 @@ def importance_weights(
     raise ValueError(f"algorithm.correction must be 'truncate' or 'mask', got {mode!r}")
 
 
+def value_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """The critic's regression to the GAE returns: (V - R)^2 / 2 per token. PPO's value clipping (to V_old +- eps)
+    is left out: with one update per batch V_old is V itself, so the clip could never bind."""
+    return 0.5 * (values - returns) ** 2
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref), on tokens sampled from pi: exp(ref - logp) - (ref - logp) - 1 >= 0."""
     diff = ref_logp - logp

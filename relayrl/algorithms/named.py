@@ -43,6 +43,9 @@ NAMED: dict[str, list[str]] = {
         "algorithm.loss=ppo",
         "algorithm.aggregation=token",
     ],
+    # PPO with a learned critic and GAE (Schulman et al. 2017; Ouyang et al. 2022 put kl_coef into the rewards:
+    # add algorithm.kl_in_reward=true algorithm.kl_coef=0.02)
+    "ppo_gae": ["algorithm.advantage=gae", "algorithm.loss=ppo", "algorithm.aggregation=token", "algorithm.lam=0.95"],
     # Ahmadian et al. 2024: leave-one-out baseline, a policy gradient (PPO's ratio, 1 on policy)
     "rloo": ["algorithm.advantage=rloo", "algorithm.loss=ppo", "algorithm.aggregation=sequence"],
 }

@@ -21,6 +21,7 @@ class Sequence:
     advantages: list[float] | None = None  # one per completion token
     loss_mask: list[float] | None = None  # 1 where a completion token counts; None = all
     staleness: int = 0  # versions between the policy that sampled it and the one trained on it
+    rewards: list[float] | None = None  # per completion token, for a critic (advantage=gae) to turn into advantages
 
 
 def to_sequences(
@@ -40,13 +41,17 @@ def to_sequences(
     rollouts left out after their group's advantages are computed. `version`: the trainer's, which each
     sequence's staleness is counted from (None: 0).
     """
+    if estimator == "gae":  # the trainer's critic turns each rollout's reward, on its last token, into advantages
+        pairs = [(r, None, [0.0] * (len(r.completion_ids) - 1) + [_shaped(r, overlong)]) for r in rollouts]
+    else:
+        pairs = [(r, adv, None) for r, adv in _advantages(rollouts, estimator, verify_baseline, overlong)]
     seqs = [
-        (r, Sequence(r.prompt_ids, r.completion_ids, r.logprobs, adv, staleness=_staleness(r, version)))
-        for r, adv in _advantages(rollouts, estimator, verify_baseline, overlong)
+        (r, Sequence(r.prompt_ids, r.completion_ids, r.logprobs, adv, staleness=_staleness(r, version), rewards=rw))
+        for r, adv, rw in pairs
     ]
     if overlong and overlong.filter:
         seqs = [(r, s) for r, s in seqs if not truncated(r)]
-    return [s for _, s in seqs if any(s.advantages) or not drop_zero]
+    return [s for _, s in seqs if not drop_zero or any(s.advantages)]
 
 
 def _advantages(

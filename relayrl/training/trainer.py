@@ -8,7 +8,9 @@ vocabulary logits are never held for the whole batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,7 +18,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
@@ -24,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from relayrl.algorithms import losses
+from relayrl.algorithms import advantages, losses
 from relayrl.algorithms.sequences import Sequence
 from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import distinct
@@ -53,8 +57,13 @@ class AlgorithmConfig:
     settings that reproduce each paper)."""
 
     # grpo: (r - group mean) / group std; dr_grpo: without the std; rloo: leave-one-out; reinforce: r - batch mean;
-    # reinforce_pp: r normalised over the batch; reinforce_pp_baseline: r - group mean, then normalised over the batch
-    advantage: str = choice("grpo", "rloo", "reinforce", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline")
+    # reinforce_pp: r normalised over the batch; reinforce_pp_baseline: r - group mean, then normalised over the batch;
+    # gae: PPO's learned critic (a copy of the policy's backbone, its own head and AdamW) and GAE over the tokens
+    advantage: str = choice("grpo", "rloo", "reinforce", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "gae")
+    gamma: float = setting(1.0, ge=0, le=1)  # gae: the discount per token
+    lam: float = setting(0.95, ge=0, le=1)  # gae: lambda, from the one-step TD error (0) to the Monte-Carlo return (1)
+    value_lr: float = non_negative(0.0)  # gae: the critic's learning rate; 0: optim.lr
+    kl_in_reward: bool = False  # gae: the kl_coef penalty goes into every token's reward (InstructGPT), not the loss
     # aipo: min(pi/mu, rho) A log pi; ppo: clipped ratio; gspo: clipped sequence ratio; cispo: clipped weight
     loss: str = choice("aipo", "ppo", "gspo", "cispo")
     rho: float = positive(4.0)  # AIPO truncation of pi/mu
@@ -92,6 +101,10 @@ class AlgorithmConfig:
             yield "dual_clip", f"dual-clip bounds PPO's clipped ratio; it needs loss=ppo (got {self.loss})"
         if self.dual_clip and self.dual_clip <= 1:
             yield "dual_clip", f"must be > 1 (the floor is c A, below the clipped surrogate); got {self.dual_clip}"
+        if self.kl_in_reward and (self.advantage != "gae" or self.kl_coef == 0):
+            yield "kl_in_reward", "puts kl_coef's penalty in a critic's rewards: it needs advantage=gae, kl_coef > 0"
+        if self.drop_zero_advantage and self.advantage == "gae":
+            yield "drop_zero_advantage", "a critic's advantages are not 0 for a group all right or all wrong"
         if self.correction != "none" and self.behaviour_logprobs != "trainer":
             yield (
                 "correction",
@@ -110,6 +123,22 @@ def _token_logprobs(
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
+def hidden_states(
+    backbone: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefix: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The backbone's last hidden states of the rows, each continuing its `prefix` row's KV cache if given."""
+    extra = {}
+    if prefix is not None:
+        cache = cache_of(backbone(input_ids=prefix["ids"], attention_mask=prefix["mask"], use_cache=True))
+        cache.batch_select_indices(prefix["rows"])
+        attention_mask = torch.cat([prefix["mask"][prefix["rows"]], attention_mask], dim=1)
+        extra = {CACHE: cache, "position_ids": prefix["positions"]}
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+
 def sequence_logprobs(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -123,13 +152,7 @@ def sequence_logprobs(
 
     `prefix` (`collate(share_prompts=True)`): the rows continue these prefixes, each run once and its KV cache
     handed to every row that continues it (the gradient flows back through the cache to the shared tokens)."""
-    extra = {}
-    if prefix is not None:
-        cache = cache_of(model.base_model(input_ids=prefix["ids"], attention_mask=prefix["mask"], use_cache=True))
-        cache.batch_select_indices(prefix["rows"])
-        attention_mask = torch.cat([prefix["mask"][prefix["rows"]], attention_mask], dim=1)
-        extra = {CACHE: cache, "position_ids": prefix["positions"]}
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+    hidden = hidden_states(model.base_model, input_ids, attention_mask, prefix)
     hidden, targets = hidden[:, :-1][where], input_ids[:, 1:][where]
     head = model.get_output_embeddings()
     # more than one chunk: recompute each chunk's logits in backward rather than keep them all
@@ -162,7 +185,7 @@ def collate(seqs: list[Sequence], pad_id: int, device: torch.device, share_promp
     width = max(len(r) for r in rows)
     b = len(seqs)
     ids, attn = _right_padded(rows, width, pad_id)
-    mask, mu, adv = (torch.zeros((b, width - 1)) for _ in range(3))
+    mask, mu, adv, rewards = (torch.zeros((b, width - 1)) for _ in range(4))
     for i, s in enumerate(seqs):
         p, c = len(s.prompt_ids) - cut[i], len(s.completion_ids)
         span = slice(p - 1, p + c - 1)  # logits at position j predict token j+1
@@ -171,8 +194,11 @@ def collate(seqs: list[Sequence], pad_id: int, device: torch.device, share_promp
             mu[i, span] = torch.tensor(s.behaviour_logprobs)
         if s.advantages is not None:
             adv[i, span] = torch.tensor(s.advantages)
+        if s.rewards is not None:
+            rewards[i, span] = torch.tensor(s.rewards)
     staleness = torch.tensor([s.staleness for s in seqs])[:, None]
     out = {"input_ids": ids, "attention_mask": attn, "mask": mask, "mu": mu, "adv": adv, "staleness": staleness}
+    out["rewards"] = rewards
     if share_prompts:
         prompts, rows_prompt = distinct([s.prompt_ids for s in seqs])
         prefix_ids, prefix_mask = _right_padded([list(p[:-1]) for p in prompts], max(map(len, prompts)) - 1, pad_id)
@@ -259,6 +285,7 @@ TOKEN_MEANS = {
     "clipped_mean": ("clipped", "tokens"),
     "kl_mean": ("kl", "tokens"),
     "is_weight_mean": ("is_weight", "tokens"),
+    "value_loss": ("value_loss", "tokens"),
     "offpolicy_logprob_abs": ("offpolicy_abs", "tokens"),
     "mismatch_logprob_abs": ("mismatch_abs", "current_tokens"),
     "mismatch_kl": ("mismatch_k3", "current_tokens"),
@@ -277,6 +304,26 @@ class TokenLogprobs(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, where, temperature: float, prefix=None) -> torch.Tensor:
         return sequence_logprobs(self.model, input_ids, attention_mask, where, temperature, prefix=prefix)
+
+
+class ValueModel(torch.nn.Module):
+    """PPO's critic: a copy of the policy's backbone and a linear head, one value per token (the value of the state
+    before the token it predicts, aligned with the log-probs). A model of its own, as in OpenRLHF and verl, so its
+    regression does not pull on the policy's features; its head starts at 0, so the first advantages are returns."""
+
+    def __init__(self, policy: PreTrainedModel):
+        super().__init__()
+        self.backbone = copy.deepcopy(policy.base_model)
+        weight = next(policy.parameters())
+        self.head = torch.nn.Linear(policy.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, where, prefix=None) -> torch.Tensor:
+        hidden = hidden_states(self.backbone, input_ids, attention_mask, prefix)[:, :-1][where]
+        out = torch.zeros(where.shape, dtype=torch.float32, device=input_ids.device)
+        out[where] = self.head(hidden).squeeze(-1).float()
+        return out
 
 
 def _world() -> int:
@@ -315,21 +362,33 @@ class Trainer:
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
         self.offload_optimizer = offload and parallel != "fsdp2"  # FSDP2 offloads through its policy
-        self.logprobs: torch.nn.Module = TokenLogprobs(model)
         self.sharded = _world() > 1 and parallel == "fsdp2"
-        if self.sharded:  # each decoder layer a unit, the rest (embeddings, norm, head) the root's
-            policy = CPUOffloadPolicy() if offload else OffloadPolicy()  # offload: shards live in host memory
-            for layer in [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]:
-                fully_shard(layer, offload_policy=policy)
-            self.logprobs = fully_shard(self.logprobs, offload_policy=policy)
-        elif _world() > 1:
+        self.offload_policy = CPUOffloadPolicy() if offload else OffloadPolicy()  # offload: shards in host memory
+        # PPO with GAE: a critic copied from the policy before either is sharded, with an optimizer of its own
+        self.critic = ValueModel(model) if algo.advantage == "gae" else None
+        self.logprobs = self._distributed(TokenLogprobs(model), model)
+        self.values = self._distributed(self.critic, model) if self.critic is not None else None
+        self.optimizer, self.scheduler = self._adamw(model.parameters(), optim.lr)
+        if self.critic is not None:
+            critic_lr = algo.value_lr or optim.lr
+            self.critic_optimizer, self.critic_scheduler = self._adamw(self.critic.parameters(), critic_lr)
+
+    def _distributed(self, module: torch.nn.Module, model: PreTrainedModel) -> torch.nn.Module:
+        """`module` as data parallelism runs it: FSDP2 makes each decoder layer a unit and the rest (embeddings,
+        norm, heads) the root's; DDP wraps it whole."""
+        if self.sharded:
+            for layer in [m for m in module.modules() if type(m).__name__ in (model._no_split_modules or [])]:
+                fully_shard(layer, offload_policy=self.offload_policy)
+            return fully_shard(module, offload_policy=self.offload_policy)
+        if _world() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None  # CUDA: untested here
-            self.logprobs = DistributedDataParallel(self.logprobs, device_ids=device_ids)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-        )
-        warmup = optim.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
+            return DistributedDataParallel(module, device_ids=device_ids)
+        return module
+
+    def _adamw(self, params, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        o, warmup = self.optim_cfg, self.optim_cfg.warmup_steps
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
 
     def weights(self) -> torch.Tensor:
         """The current weights, as the generators receive them (FSDP2: gathered, so every rank must call it)."""
@@ -344,21 +403,49 @@ class Trainer:
         """Nothing to release in-process (RayTrainer's ranks are actors)."""
 
     def state_dict(self) -> dict:
-        """FSDP2: the whole optimizer state, gathered and keyed by parameter name, so any K can resume it."""
-        if self.sharded:
-            optimizer = get_optimizer_state_dict(self.logprobs, self.optimizer, options=FULL_STATE)
-        else:
-            optimizer = self.optimizer.state_dict()
-        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
+        """FSDP2: the whole optimizer state, gathered and keyed by parameter name, so any K can resume it. With a
+        critic: its weights, optimizer and schedule too (it is not part of the checkpoint's model folder)."""
+        state = {
+            "optimizer": self._optimizer_state(self.logprobs, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        if self.critic is not None:
+            sharded = self.sharded
+            weights = get_model_state_dict(self.values, options=FULL_STATE) if sharded else self.critic.state_dict()
+            state["critic"] = {
+                "weights": weights,
+                "optimizer": self._optimizer_state(self.values, self.critic_optimizer),
+                "scheduler": self.critic_scheduler.state_dict(),
+            }
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if self.sharded:
-            set_optimizer_state_dict(self.logprobs, self.optimizer, state["optimizer"], options=FULL_STATE)
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(self.logprobs, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.critic and "critic" in state:
+            critic = state["critic"]
+            if self.sharded:
+                set_model_state_dict(self.values, critic["weights"], options=FULL_STATE)
+            else:
+                self.critic.load_state_dict(critic["weights"])
+            self._load_optimizer_state(self.values, self.critic_optimizer, critic["optimizer"])
+            self.critic_scheduler.load_state_dict(critic["scheduler"])
 
-    def _token_loss(self, batch: dict[str, torch.Tensor], supervised: bool) -> tuple[torch.Tensor, dict]:
+    def _optimizer_state(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        if self.sharded:
+            return get_optimizer_state_dict(module, optimizer, options=FULL_STATE)
+        return optimizer.state_dict()
+
+    def _load_optimizer_state(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if self.sharded:
+            set_optimizer_state_dict(module, optimizer, state, options=FULL_STATE)
+        else:
+            optimizer.load_state_dict(state)
+
+    def _token_loss(
+        self, batch: dict[str, torch.Tensor], supervised: bool
+    ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """Per-token policy loss, statistics, and with a critic its per-token value loss."""
         where = batch["mask"] > 0
         logp = self.logprobs(
             batch["input_ids"],
@@ -368,28 +455,9 @@ class Trainer:
             batch.get("prefix"),
         )
         if supervised:
-            return -logp, {}
-        a, mask, mu = self.algo, batch["mask"], batch["mu"]
-        old = logp.detach() if a.behaviour_logprobs == "trainer" else mu
-        per_token, ratio = _policy_loss(logp, old, batch["adv"], mask, a)
-        # the engine's mu against the trainer's pi (before this step's update): over every token, and over those
-        # sampled by the trainer's current version, where the gap is the engine's numerics alone
-        gap = (logp.detach() - mu).abs() * mask
-        current = mask * (batch["staleness"] == 0)
-        stats = {
-            "ratio": (ratio * mask).sum().item(),
-            "clipped": (_clipped(ratio, batch["adv"], a) * mask).sum().item(),
-            "offpolicy_abs": gap.sum().item(),
-            "mismatch_abs": (gap * current).sum().item(),
-            "mismatch_k3": (losses.kl_k3(mu, logp.detach()) * current).sum().item(),  # KL(mu || pi), tokens ~ mu
-            "current_tokens": current.sum().item(),
-        }
-        if a.correction != "none":
-            weight = losses.importance_weights(
-                logp - mu, mask, a.correction_level, a.correction, a.correction_threshold
-            )
-            per_token = per_token * weight
-            stats["is_weight"] = (weight * mask).sum().item()
+            return -logp, {}, None
+        a, mask, mu, adv = self.algo, batch["mask"], batch["mu"], batch["adv"]
+        stats, value_loss = {}, None
         if a.kl_coef > 0:
             with torch.no_grad():
                 ref = sequence_logprobs(
@@ -400,35 +468,80 @@ class Trainer:
                     self.temperature,
                     prefix=batch.get("prefix"),
                 )
+        if self.critic is not None:
+            start = time.perf_counter()
+            values = self.values(batch["input_ids"], batch["attention_mask"], where, batch.get("prefix"))
+            rewards = batch["rewards"]
+            if a.kl_in_reward:  # InstructGPT: -beta (log pi - log ref) on every token's reward, not in the loss
+                rewards = rewards - a.kl_coef * (logp.detach() - ref) * mask
+            adv, returns = advantages.gae(rewards, values.detach(), mask, a.gamma, a.lam)
+            value_loss = losses.value_loss(values, returns)
+            stats |= {"value_loss": (value_loss * mask).sum().item(), "value_seconds": time.perf_counter() - start}
+        old = logp.detach() if a.behaviour_logprobs == "trainer" else mu
+        per_token, ratio = _policy_loss(logp, old, adv, mask, a)
+        # the engine's mu against the trainer's pi (before this step's update): over every token, and over those
+        # sampled by the trainer's current version, where the gap is the engine's numerics alone
+        gap = (logp.detach() - mu).abs() * mask
+        current = mask * (batch["staleness"] == 0)
+        stats |= {
+            "ratio": (ratio * mask).sum().item(),
+            "clipped": (_clipped(ratio, adv, a) * mask).sum().item(),
+            "offpolicy_abs": gap.sum().item(),
+            "mismatch_abs": (gap * current).sum().item(),
+            "mismatch_k3": (losses.kl_k3(mu, logp.detach()) * current).sum().item(),  # KL(mu || pi), tokens ~ mu
+            "current_tokens": current.sum().item(),
+        }
+        if a.correction != "none":
+            level, threshold = a.correction_level, a.correction_threshold
+            weight = losses.importance_weights(logp - mu, mask, level, a.correction, threshold)
+            per_token = per_token * weight
+            stats["is_weight"] = (weight * mask).sum().item()
+        if a.kl_coef > 0:
             kl = losses.kl_k3(logp, ref)
-            per_token = per_token + a.kl_coef * kl
+            if not a.kl_in_reward:
+                per_token = per_token + a.kl_coef * kl
             stats["kl"] = (kl * mask).sum().item()
-        return per_token, stats
+        return per_token, stats, value_loss
 
     def step(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
         """One optimizer step on the whole batch (this rank's share of it), accumulated over micro-batches."""
         metrics = self.accumulate(seqs, supervised)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
-        grad_norm = float(grad_norm.full_tensor() if self.sharded else grad_norm)
+        grad_norm = self._clip(self.model)
+        critic = self.critic is not None and not supervised
+        if critic:
+            metrics["value_grad_norm"] = self._clip(self.critic)
         # a non-finite loss or gradient (the same on every rank: both are reduced) would poison AdamW's moments
         # and every weight: skip the update; the caller counts skips and stops a run that keeps making them
-        finite = math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)
+        finite = all(math.isfinite(metrics.get(k, 0.0)) for k in ("loss", "value_loss", "value_grad_norm"))
+        finite = finite and math.isfinite(grad_norm)
         if finite:
             self._move_optimizer_state(self.device)
             self.optimizer.step()
             self.scheduler.step()
+            if critic:
+                start = time.perf_counter()
+                self.critic_optimizer.step()
+                self.critic_scheduler.step()
+                metrics["value_seconds"] += time.perf_counter() - start
             self._move_optimizer_state(torch.device("cpu"))
         self.optimizer.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
         return metrics | {"grad_norm": grad_norm, "skipped_nonfinite": float(not finite)}
+
+    def _clip(self, module: torch.nn.Module) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), self.optim_cfg.grad_clip)
+        return float(norm.full_tensor() if self.sharded else norm)
 
     def _move_optimizer_state(self, device: torch.device) -> None:
         """offload (colocated on CUDA): AdamW's moments wait in host memory while the generators sample."""
         if not self.offload_optimizer:
             return
-        for state in self.optimizer.state.values():
-            for k, v in state.items():
-                if torch.is_tensor(v) and k != "step":
-                    state[k] = v.to(device, non_blocking=True)
+        for optimizer in [self.optimizer] + ([self.critic_optimizer] if self.critic else []):
+            for state in optimizer.state.values():
+                for k, v in state.items():
+                    if torch.is_tensor(v) and k != "step":
+                        state[k] = v.to(device, non_blocking=True)
 
     def accumulate(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
         """Forward and backward over micro-batches: the gradients of the global batch's loss, summed over ranks."""
@@ -457,14 +570,23 @@ class Trainer:
             group, share_group = (groups[i], shared[i]) if real else ([filler], False)
             batch = collate(group, self.pad_id, self.device, share_group)
             last = i == count - 1  # gradients are reduced over the ranks on each rank's last backward only
-            if self.sharded:
-                self.logprobs.set_requires_gradient_sync(last)
-            with contextlib.nullcontext() if last or world == 1 or self.sharded else self.logprobs.no_sync():
-                per_token, stats = self._token_loss(batch, supervised)
+            parallel = [m for m in (self.logprobs, self.values) if m is not None]
+            with contextlib.ExitStack() as unsynced:
+                for module in parallel:
+                    if self.sharded:
+                        module.set_requires_gradient_sync(last)
+                    elif not (last or world == 1):
+                        unsynced.enter_context(module.no_sync())
+                per_token, stats, value_loss = self._token_loss(batch, supervised)
                 loss = losses.aggregate(
                     per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs, self.algo.aggregation_length
                 )
                 (loss * world * real).backward()  # DDP averages over ranks; the loss is a share of the global sum
+                if value_loss is not None:  # the critic's graph is its own (GAE saw its values detached)
+                    start = time.perf_counter()
+                    value = losses.aggregate(value_loss, batch["mask"], "token", max(total_tokens, 1), total_seqs)
+                    (value * world * real).backward()
+                    stats["value_seconds"] += time.perf_counter() - start
             loss_total += real * loss.item()
             for k, v in stats.items():  # fillers too (weight 0): every rank then reduces the same keys
                 sums[k] = sums.get(k, 0.0) + real * v
@@ -475,4 +597,6 @@ class Trainer:
         sums = dict(zip(sums, sum_values, strict=True)) | {"tokens": total_tokens}
         # a mean over no tokens (no rollout sampled by the current version) is left out, not logged as 0
         metrics.update({k: sums[v] / sums[n] for k, (v, n) in TOKEN_MEANS.items() if v in sums and sums[n] > 0})
+        if "value_seconds" in sums:  # the critic's forward and backward, per rank (they run side by side)
+            metrics["value_seconds"] = sums["value_seconds"] / world
         return metrics
