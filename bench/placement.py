@@ -203,7 +203,7 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
     out = {
         "model": dataclasses.asdict(model),
         "workload": dataclasses.asdict(workload),
-        "matmul_efficiency": efficiency,
+        "training_efficiency": efficiency,  # of the model's own layers on one core
         "settings": {},
     }
     for setting, place in placements.items():
