@@ -67,7 +67,8 @@ class AlgorithmConfig:
     # aipo: min(pi/mu, rho) A log pi; ppo: clipped ratio; gspo: clipped sequence ratio; cispo: clipped weight
     loss: str = choice("aipo", "ppo", "gspo", "cispo")
     rho: float = positive(4.0)  # AIPO truncation of pi/mu
-    clip_eps: float = non_negative(0.2)  # PPO/GSPO: the ratio's clip below 1 (and above, if clip_eps_high is 0)
+    # ppo, gspo: the ratio's clip below 1 (and above, if clip_eps_high is 0); cispo: the weight's, >= 1 for none
+    clip_eps: float = non_negative(0.2)
     clip_eps_high: float = non_negative(0.0)  # above 1; 0: clip_eps. DAPO's clip-higher: 0.28 over clip_eps 0.2
     dual_clip: float = non_negative(0.0)  # ppo: c > 1 floors the surrogate at c A for A < 0 (3 in the paper); 0: off
     kl_coef: float = non_negative(0.0)  # k3 KL to the reference (initial) policy
