@@ -185,6 +185,11 @@ def _direct(name: str, lp, mu, adv, mask) -> torch.Tensor:
                 total = total - _clip(float(r.detach()), 0.0, 1.28) * a * lp[i, t] / n_tokens
             elif name == "dr_grpo":  # Dr. GRPO: PPO's surrogate summed per sequence, / the budget (6), mean over seqs
                 total = total - torch.minimum(r * a, r.clamp(0.8, 1.2) * a) / (6 * B)
+            elif name == "aipo":  # LlamaRL: min(r, rho) held constant, times A grad log pi, over the batch's tokens
+                total = total - min(float(r.detach()), 1.2) * a * lp[i, t] / n_tokens
+            elif name == "mis_token":  # token-level MIS on a policy gradient: r A grad log pi where r <= 1.2, else 0
+                w = float(r.detach())
+                total = total - (w if w <= 1.2 else 0.0) * a * lp[i, t] / n_tokens
             elif name == "tis_seq":  # sequence-level TIS on a policy gradient: min(prod r, 1.2) A grad log pi
                 w = min(math.prod(math.exp(float(lp[i, u].detach() - mu[i, u])) for u in ts), 1.2)
                 total = total - w * a * lp[i, t] / n_tokens
@@ -203,12 +208,16 @@ def _relayrl(name: str, lp, mu, adv, mask) -> torch.Tensor:
         return losses.aggregate(losses.cispo(lp, mu, adv, 1.0, 0.28), mask, "token", n_tokens, B)
     if name == "dr_grpo":
         return losses.aggregate(losses.ppo_clip(lp, mu, adv, 0.2), mask, "constant", n_tokens, B, length=6)
-    # tis_seq: PPO against the trainer's own log-probs (ratio 1), weighted by the engine's truncated sequence ratio
-    weights = losses.importance_weights(lp - mu, mask, "sequence", "truncate", 1.2)
+    if name == "aipo":
+        return losses.aggregate(losses.aipo(lp, mu, adv, 1.2), mask, "token", n_tokens, B)
+    # PPO against the trainer's own log-probs (ratio 1), weighted by the engine's masked token ratio or truncated
+    # sequence ratio
+    level, mode = ("token", "mask") if name == "mis_token" else ("sequence", "truncate")
+    weights = losses.importance_weights(lp - mu, mask, level, mode, 1.2)
     return losses.aggregate(losses.ppo_clip(lp, lp.detach(), adv, 0.2) * weights, mask, "token", n_tokens, B)
 
 
-@pytest.mark.parametrize("name", ["ppo_dapo", "ppo_dual", "gspo", "cispo", "dr_grpo", "tis_seq"])
+@pytest.mark.parametrize("name", ["ppo_dapo", "ppo_dual", "gspo", "cispo", "dr_grpo", "aipo", "mis_token", "tis_seq"])
 def test_loss_gradient_equals_autograd_through_the_papers_objective(name):
     logits, tokens, mu, adv, mask = _batch()
     (ours,) = torch.autograd.grad(_relayrl(name, _logp(logits, tokens), mu, adv, mask), logits)
