@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import save, save_plot
+from common import gain, save, save_plot
 
 from relayrl.algorithms.named import NAMED
 from relayrl.config import load_config
@@ -49,9 +49,7 @@ def run(name: str, seed: int, extra: list[str], root: Path) -> dict:
     row = {
         "algorithm": name,
         "seed": seed,
-        "start": s["heldout_accuracy_start"],
-        "end": s["heldout_accuracy_end"],
-        "gain_points": 100 * (s["heldout_accuracy_end"] - s["heldout_accuracy_start"]),
+        **gain(s),
         "curve": [{"step": 0, "heldout_accuracy": s["heldout_accuracy_start"]}]
         + [{"step": m["step"], "heldout_accuracy": m["heldout_accuracy"]} for m in records if "heldout_accuracy" in m],
         "trained_tokens_per_second": s["trained_tokens_per_second"],

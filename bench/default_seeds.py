@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import save
+from common import gain, save
 from matmul_peak import gflops
 
 
@@ -45,9 +45,7 @@ def run(configs: list[str], seed: int, capability: str, root: Path) -> dict:
     row = {
         "seed": seed,
         "capability": capability,
-        "start": s["heldout_accuracy_start"],
-        "end": s["heldout_accuracy_end"],
-        "gain_points": 100 * (s["heldout_accuracy_end"] - s["heldout_accuracy_start"]),
+        **gain(s),
         "wall_s": wall,
         "sft_s": s["sft_seconds"],
         "rl_s": s["rl_seconds"],

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from functools import partial
 
 import torch
-from common import matmul_peak_gflops, save
+from common import matmul_peak_gflops, save, side_by_side
 
 from relayrl.generation.sampler import SamplingConfig, sample
 from relayrl.model_import import default_dir
@@ -72,15 +73,8 @@ def main() -> None:
         run(model, 4, 8, tok.pad_token_id)
     rows = []
     for batch in args.batches:
-        times: dict[str, list[float]] = {name: [] for name in systems}
-        for _ in range(2):
-            for name, run in systems.items():
-                times[name].append(run(model, batch, args.new_tokens, tok.pad_token_id))
-        row = {"batch": batch}
-        for name in systems:
-            tps = batch * args.new_tokens / min(times[name])
-            gflops = 2 * params * tps / 1e9
-            row[name] = {"tokens_per_second": tps, "gflops": gflops, "share_of_matmul_peak": gflops / peak}
+        runs = {name: partial(run, model, batch, args.new_tokens, tok.pad_token_id) for name, run in systems.items()}
+        row = {"batch": batch} | side_by_side(runs, batch * args.new_tokens, params, peak)
         row["speedup"] = row["relayrl"]["tokens_per_second"] / row["hf_generate"]["tokens_per_second"]
         rows.append(row)
         print(

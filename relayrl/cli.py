@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,24 @@ def _train(args) -> None:
         train(load_config(configs, overrides))
 
 
+@contextlib.contextmanager
+def sampler_for(generation, model, tokenizer):
+    """What `eval` and `tts` sample with: the model itself (the native sampler), or a vLLM engine holding its weights
+    (generation.backend=vllm), closed after."""
+    if generation.backend == "native":
+        yield model
+        return
+    from relayrl.executors.weights import flatten
+    from relayrl.generation.engines import make_engine
+
+    engine = make_engine(generation, model.config, tokenizer)
+    try:
+        engine.load(flatten(model), 0)
+        yield engine
+    finally:
+        engine.close()
+
+
 def _eval(args) -> None:
     from relayrl import build
     from relayrl.evaluation import compare
@@ -44,20 +63,21 @@ def _eval(args) -> None:
     rows, results = [], []
     for name in models:
         model, tokenizer = load_model_and_tokenizer(name)
-        results.append(
-            evaluate(
-                model,
-                tokenizer,
-                task.heldout(),
-                scorer,
-                build.sampling(cfg, task.stop_strings),
-                n_samples=args.samples,
-                ks=ks,
-                seed=cfg.seed,
-                extract=task.extract,
-                message_scorer=message_scorer,
+        with sampler_for(cfg.generation, model, tokenizer) as sampler:
+            results.append(
+                evaluate(
+                    sampler,
+                    tokenizer,
+                    task.heldout(),
+                    scorer,
+                    build.sampling(cfg, task.stop_strings),
+                    n_samples=args.samples,
+                    ks=ks,
+                    seed=cfg.seed,
+                    extract=task.extract,
+                    message_scorer=message_scorer,
+                )
             )
-        )
         rows.append(compare.summary(name, task.name, results[-1], results[0] if len(results) > 1 else None))
     print(compare.table(rows))
     for row, result in zip(rows, results, strict=True):
@@ -81,7 +101,8 @@ def _tts(args) -> None:
     cfg = load_config([*([task_preset(args.task)] if args.task else []), *configs], overrides, training=False)
     name, m = (models or [cfg.model.name_or_path])[0], cfg.model
     model, tokenizer = load_model_and_tokenizer(name, TinySize(m.hidden, m.layers, m.heads), cfg.seed)
-    report = evaluate_tts(cfg, name, model, tokenizer)
+    with sampler_for(cfg.generation, model, tokenizer) as sampler:
+        report = evaluate_tts(cfg, name, model, tokenizer, engine=None if sampler is model else sampler)
     print(table(report))
     write(Path(args.output), report)
     print(f"results in {args.output}")

@@ -15,6 +15,7 @@ from relayrl.controller import train
 from relayrl.evaluation.metrics import spoc_metrics
 from relayrl.generation.messages import Span, SpocFormat, token_messages
 from relayrl.generation.sampler import SamplingConfig, sample
+from relayrl.hf_compat import CACHE
 from relayrl.models import build_char_tokenizer
 from relayrl.recipes.spoc import build_pair_sft, to_sequence
 from relayrl.rewards.spoc import SpocRewards, TeacherWriter, step_template
@@ -41,7 +42,8 @@ class Scripted(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # the sampler reads the device from it
         self.scripts, self.t = scripts, 0
 
-    def forward(self, input_ids, cache, **_):
+    def forward(self, input_ids, **kwargs):
+        cache = kwargs[CACHE]
         if self.t == 0:  # the cache carries each row's script number, so rows that leave the batch take theirs along
             rows = torch.arange(len(self.scripts), dtype=torch.float).view(-1, 1, 1, 1)
             cache.update(rows, rows, 0)

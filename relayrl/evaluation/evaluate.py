@@ -24,7 +24,7 @@ class EvalResult:
 
 
 def evaluate(
-    model,
+    model,  # a Hugging Face model, or a generation engine (sample_texts)
     tokenizer,
     items: list[Item],
     scorer: Scorer,
@@ -44,7 +44,8 @@ def evaluate(
     """
     if any(k > n_samples for k in ks):
         raise ValueError(f"--k: every k must be at most --samples={n_samples}; got {list(ks)}")
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     greedy = dataclasses.replace(sampling, temperature=0.0, top_p=1.0)
     outputs: list[dict] = []
     gen = torch.Generator().manual_seed(seed)

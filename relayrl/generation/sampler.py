@@ -184,15 +184,19 @@ class Completion:
 
 
 def sample_texts(
-    model: PreTrainedModel,
+    model,
     tokenizer,
     prompts: list[list[int]],
     cfg: SamplingConfig,
     generator: torch.Generator | None = None,
 ) -> list[Completion]:
     """`sample` one completion per prompt and decode it: what evaluation, test-time scaling, judges and serving
-    read (training reads `sample`'s ids and log-probabilities instead)."""
-    done = sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, tokenizer.decode)
+    read (training reads `sample`'s ids and log-probabilities instead). `model`: a Hugging Face model, or a
+    generation engine (engines.py, e.g. vLLM's), which is given a seed drawn from `generator`."""
+    if isinstance(model, torch.nn.Module):
+        done = sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, tokenizer.decode)
+    else:
+        done = model.sample(prompts, cfg, int(torch.randint(2**62, (1,), generator=generator)))
     return [
         Completion(
             tokenizer.decode(s.completion_ids, skip_special_tokens=True), s.completion_ids, len(p), s.finish_reason

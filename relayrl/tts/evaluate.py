@@ -72,8 +72,9 @@ def with_context(prompt: str | tuple[dict, ...], attempts: list[str]) -> str | t
 class Methods:
     """The policy, the judges and the scorer, and each method's pick for one item."""
 
-    def __init__(self, cfg: Config, task: Task, model, tokenizer):
-        self.cfg, self.task, self.model, self.tokenizer = cfg, task, model, tokenizer
+    def __init__(self, cfg: Config, task: Task, model, tokenizer, engine=None):
+        self.cfg, self.task, self.tokenizer = cfg, task, tokenizer
+        self.sampler = engine or model  # what samples the policy's candidates (sample_texts); judges use the model
         self.sampling = build.sampling(cfg, task.stop_strings)
         self.gen = torch.Generator()  # seeded per item
         chat = ChatModel("policy", model=model, tokenizer=tokenizer)
@@ -89,7 +90,7 @@ class Methods:
     def generate(self, prompt: str | tuple[dict, ...], n: int) -> list[tuple[str, int]]:
         """n sampled completions of the prompt, each with its tokens (prompt + completion)."""
         ids = encode_prompt(self.tokenizer, prompt)
-        done = sample_texts(self.model, self.tokenizer, [ids] * n, self.sampling, self.gen)
+        done = sample_texts(self.sampler, self.tokenizer, [ids] * n, self.sampling, self.gen)
         return [(c.text, c.total_tokens) for c in done]
 
     def score(self, item: Item, question: str, texts: list[str], cost: Cost) -> list[float | None]:
@@ -181,11 +182,11 @@ class Methods:
         return result.answer, cost
 
 
-def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True) -> dict:
+def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True, engine=None) -> dict:
     """Every method of `tts.methods` on the held-out set: accuracy, tokens, judge calls and failures."""
     task = build.task(cfg)
     items = task.heldout()[: cfg.tts.items or None]
-    methods = Methods(cfg, task, model, tokenizer)
+    methods = Methods(cfg, task, model, tokenizer, engine)
     results = {m: MethodResult() for m in cfg.tts.methods}
     for index, item in enumerate(track(items, description="test-time scaling", disable=not show_progress)):
         for m, (pick, cost) in methods.item(item, cfg.tts.methods, index).items():
