@@ -15,10 +15,12 @@ Writes bench/results/vllm_backend.json (top level `vllm_vs_native_at_64`, `vllm_
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
@@ -64,7 +66,7 @@ def sampling_rows(model_dir: str, batches: list[int], new_tokens: int) -> list[d
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(), ctx.Queue()
     proc = ctx.Process(target=_vllm_server, args=(model_dir, inbox, outbox), daemon=True)
-    with environment(engine_environment(GenerationConfig(backend="vllm"))):
+    with environment(engine_environment(GenerationConfig(backend="vllm"), threads=2)):
         proc.start()
     assert outbox.get(timeout=600) == "ready"
 
@@ -95,8 +97,8 @@ def sampling_rows(model_dir: str, batches: list[int], new_tokens: int) -> list[d
 
 
 def recipe_tokens_per_second(backend: str, steps: int, model_dir: str) -> dict:
-    """The SmolLM2 recipe for `steps` RL steps (no SFT, a small held-out set): trained tokens over each step's
-    wall time, the first step left out (engines warming up)."""
+    """The SmolLM2 recipe (async, as its file sets it) for `steps` RL steps (no SFT, a small held-out set): trained
+    tokens over each step's wall time, the first step left out (engines warming up)."""
     with tempfile.TemporaryDirectory() as runs:
         overrides = [
             f"generation.backend={backend}",
@@ -114,6 +116,7 @@ def recipe_tokens_per_second(backend: str, steps: int, model_dir: str) -> dict:
     return {
         "trained_tokens_per_second": statistics.fmean(r["tokens_per_second"] for r in later),
         "gen_seconds": statistics.fmean(r["gen_seconds"] for r in later),
+        "completion_length": statistics.fmean(r["completion_length"] for r in later),  # the samples differ by engine
         "train_seconds": statistics.fmean(r["train_seconds"] for r in later),
         "mismatch_logprob_abs": [r.get("mismatch_logprob_abs") for r in records],
         "steps": len(records),
@@ -127,8 +130,13 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=96)
     p.add_argument("--recipe-steps", type=int, default=3)
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--recipe-only", action="store_true", help="rerun the recipe part; keep the saved sampling rows")
     args = p.parse_args()
-    rows = sampling_rows(args.model, args.batches, args.new_tokens)
+    saved = Path(args.out) / "vllm_backend.json"
+    if args.recipe_only:
+        rows = json.loads(saved.read_text())["rows"]
+    else:
+        rows = sampling_rows(args.model, args.batches, args.new_tokens)
     recipe = {b: recipe_tokens_per_second(b, args.recipe_steps, args.model) for b in ("native", "vllm")}
     at_64 = next((r["vllm_vs_native"] for r in rows if r["batch"] == 64), rows[-1]["vllm_vs_native"])
     result = {

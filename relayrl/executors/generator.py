@@ -157,7 +157,7 @@ class ProcessGenerator:
         ctx = mp.get_context("spawn")
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
         self.proc = ctx.Process(target=_serve, args=(self.inbox, self.outbox, spec, threads, os.getpid()), daemon=True)
-        with environment(engine_environment(spec.generation)):  # read when the process starts (LD_PRELOAD)
+        with environment(engine_environment(spec.generation, threads)):  # read when the process starts
             self.proc.start()
 
     def publish(self, flat: torch.Tensor, version: int) -> None:

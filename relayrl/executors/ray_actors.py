@@ -163,7 +163,7 @@ class RayGenerator:
         connect(cfg)
         actor = ray.remote(concurrency_groups={"sync": 1})(GeneratorActor)
         options = _options(cfg, cfg.generator_cpus, cfg.generator_gpus, placed=True)
-        if variables := engine_environment(spec.generation):  # read when the actor's process starts (LD_PRELOAD)
+        if variables := engine_environment(spec.generation, threads):  # read when the actor's process starts
             options["runtime_env"] = {"env_vars": variables}
         run = uuid.uuid4().hex[:8]  # named, so an operator (or a test) can find a replica: ray.util.list_named_actors()
         self.actors = [

@@ -94,12 +94,14 @@ def make_engine(
     return NativeEngine(model_config, tokenizer, device)
 
 
-def engine_environment(cfg: GenerationConfig) -> dict[str, str]:
-    """Environment variables a process that will run this engine must start with."""
+def engine_environment(cfg: GenerationConfig, threads: int) -> dict[str, str]:
+    """Environment variables a process that will run this engine with `threads` threads must start with: vLLM's CPU
+    attention plans its work for the OpenMP thread count a thread starts with (OMP_NUM_THREADS, read once at start),
+    and a Ray actor runs its methods on threads other than the one that set torch's count."""
     if cfg.backend == "vllm":
         from relayrl.generation.vllm_engine import preload_libraries
 
-        return preload_libraries()
+        return preload_libraries() | {"OMP_NUM_THREADS": str(threads)}
     return {}
 
 

@@ -55,6 +55,9 @@ class VllmEngine:
     """vLLM's LLM over the model's config and tokenizer, with dummy weights until the first `load`."""
 
     def __init__(self, cfg: GenerationConfig, model_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase):
+        if not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+            # its kernels are AVX2 and up, and its compiled paths fail under torch's scalar kernels (measured)
+            raise RuntimeError("generation.backend=vllm on a CPU needs AVX2 or newer; torch runs its scalar kernels")
         prepare_environment(cfg.vllm_kv_cache_gb)
         vllm = import_vllm()
         self.folder = tempfile.TemporaryDirectory(
