@@ -58,13 +58,32 @@ def _model(tokenizer, tied: bool) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
-def engine_and_model(request, tokenizer):
-    model = _model(tokenizer, tied=request.param)
-    engine = make_engine(GenerationConfig(backend="vllm", vllm_kv_cache_gb=1), model.config, tokenizer)
-    engine.load(flatten(model), 0)
-    yield engine, model
-    engine.close()
+@pytest.fixture(scope="module")
+def engines(tokenizer):
+    """An engine (and the model whose weights it holds) per embedding kind, built when a test first asks for it."""
+    built: dict[bool, tuple] = {}
+
+    def get(tied: bool):
+        if tied not in built:
+            model = _model(tokenizer, tied)
+            engine = make_engine(GenerationConfig(backend="vllm", vllm_kv_cache_gb=1), model.config, tokenizer)
+            engine.load(flatten(model), 0)
+            built[tied] = engine, model
+        return built[tied]
+
+    yield get
+    for engine, _ in built.values():
+        engine.close()
+
+
+@pytest.fixture(params=[True, False], ids=["tied", "untied"])
+def engine_and_model(request, engines):
+    return engines(request.param)
+
+
+@pytest.fixture
+def tied_engine(engines):
+    return engines(True)
 
 
 def _prompts(tokenizer) -> list[list[int]]:
@@ -115,8 +134,8 @@ def test_vllm_after_a_weight_update_samples_the_new_weights(engine_and_model, to
         engine.load(flatten(model), 0)
 
 
-def test_vllm_rows_are_reproducible_and_independent_of_the_batch(engine_and_model, tokenizer):
-    engine, _ = engine_and_model
+def test_vllm_rows_are_reproducible_and_independent_of_the_batch(tied_engine, tokenizer):
+    engine, _ = tied_engine
     prompts, cfg = _prompts(tokenizer), SamplingConfig(max_new_tokens=16, temperature=1.0)
     first = [s.completion_ids for s in engine.sample(prompts, cfg, seed=7)]
     assert [s.completion_ids for s in engine.sample(prompts, cfg, seed=7)] == first
@@ -134,8 +153,8 @@ class ThreeDigits:
         return sum(c.isdigit() for c in text) >= 3
 
 
-def test_vllm_stop_rule_continues_at_triggers_until_the_rule_holds(engine_and_model, tokenizer):
-    engine, model = engine_and_model
+def test_vllm_stop_rule_continues_at_triggers_until_the_rule_holds(tied_engine, tokenizer):
+    engine, model = tied_engine
     prompts = _prompts(tokenizer) * 2
     cfg = SamplingConfig(max_new_tokens=40, temperature=TEMPERATURE, stop_rule=ThreeDigits())
     samples = engine.sample(prompts, cfg, seed=5)
@@ -154,8 +173,8 @@ def test_vllm_stop_rule_continues_at_triggers_until_the_rule_holds(engine_and_mo
     assert _gap(model, prompts, samples) < LOGPROB_ATOL  # continuations' log-probs too
 
 
-def test_vllm_stops_at_stop_strings_keeping_their_tokens(engine_and_model, tokenizer):
-    engine, _ = engine_and_model
+def test_vllm_stops_at_stop_strings_keeping_their_tokens(tied_engine, tokenizer):
+    engine, _ = tied_engine
     cfg = SamplingConfig(max_new_tokens=40, temperature=1.0, stop_strings=("5", "7"))
     stopped = 0
     for s in engine.sample(_prompts(tokenizer) * 2, cfg, seed=6):
@@ -176,8 +195,8 @@ def test_a_missing_vllm_is_one_error_naming_the_extra(monkeypatch):
         import_vllm()
 
 
-def test_vllm_stop_rule_without_triggers_is_refused(engine_and_model, tokenizer):
-    engine, _ = engine_and_model
+def test_vllm_stop_rule_without_triggers_is_refused(tied_engine, tokenizer):
+    engine, _ = tied_engine
     with pytest.raises(ValueError, match="triggers"):
         engine.sample(_prompts(tokenizer), SamplingConfig(stop_rule=lambda text: False), seed=0)
 
