@@ -30,8 +30,7 @@ from sampler_speed import hf_seconds, prompts, relayrl_seconds
 import relayrl  # noqa: F401  first: hides torch extensions built for another torch
 from relayrl.config import load_config
 from relayrl.controller import train
-from relayrl.executors.weights import flatten
-from relayrl.generation.engines import GenerationConfig, engine_environment, environment, make_engine
+from relayrl.generation.engines import GenerationConfig, engine_environment, environment, sampler_for
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.model_import import default_dir
 from relayrl.models import load_model_and_tokenizer
@@ -44,18 +43,17 @@ def _vllm_server(model_dir: str, inbox, outbox) -> None:
     """A vLLM engine over the model's weights, timing the batches it is asked for."""
     torch.set_num_threads(2)
     model, tok = load_model_and_tokenizer(model_dir)
-    engine = make_engine(GenerationConfig(backend="vllm"), model.config, tok)
-    engine.load(flatten(model), 0)
-    outbox.put("ready")
-    while (job := inbox.get()) is not None:
-        batch, new_tokens = job
-        cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.7)
-        t0 = time.perf_counter()
-        out = engine.sample(prompts(batch), cfg, seed=0)
-        seconds = time.perf_counter() - t0
-        # the engine stops a row at EOS (the native sampler here is told there is none): the time of a full batch
-        # at the rate measured, so that every system is credited with batch x new_tokens tokens
-        outbox.put(seconds * batch * new_tokens / sum(len(s.completion_ids) for s in out))
+    with sampler_for(GenerationConfig(backend="vllm"), model, tok) as engine:
+        outbox.put("ready")
+        while (job := inbox.get()) is not None:
+            batch, new_tokens = job
+            cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.7)
+            t0 = time.perf_counter()
+            out = engine.sample(prompts(batch), cfg, seed=0)
+            seconds = time.perf_counter() - t0
+            # the engine stops a row at EOS (the native sampler here is told there is none): the time of a full batch
+            # at the rate measured, so that every system is credited with batch x new_tokens tokens
+            outbox.put(seconds * batch * new_tokens / sum(len(s.completion_ids) for s in out))
 
 
 def sampling_rows(model_dir: str, batches: list[int], new_tokens: int) -> list[dict]:

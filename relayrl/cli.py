@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -27,28 +26,11 @@ def _train(args) -> None:
         train(load_config(configs, overrides))
 
 
-@contextlib.contextmanager
-def sampler_for(generation, model, tokenizer):
-    """What `eval` and `tts` sample with: the model itself (the native sampler), or a vLLM engine holding its weights
-    (generation.backend=vllm), closed after."""
-    if generation.backend == "native":
-        yield model
-        return
-    from relayrl.executors.weights import flatten
-    from relayrl.generation.engines import make_engine
-
-    engine = make_engine(generation, model.config, tokenizer)
-    try:
-        engine.load(flatten(model), 0)
-        yield engine
-    finally:
-        engine.close()
-
-
 def _eval(args) -> None:
     from relayrl import build
     from relayrl.evaluation import compare
     from relayrl.evaluation.evaluate import evaluate
+    from relayrl.generation.engines import sampler_for
     from relayrl.models import load_model_and_tokenizer
 
     models, configs, overrides = split_args(args.args)
@@ -92,6 +74,7 @@ def _eval(args) -> None:
 
 
 def _tts(args) -> None:
+    from relayrl.generation.engines import sampler_for
     from relayrl.models import TinySize, load_model_and_tokenizer
     from relayrl.tts.evaluate import evaluate_tts, table, write
 
@@ -102,7 +85,7 @@ def _tts(args) -> None:
     name, m = (models or [cfg.model.name_or_path])[0], cfg.model
     model, tokenizer = load_model_and_tokenizer(name, TinySize(m.hidden, m.layers, m.heads), cfg.seed)
     with sampler_for(cfg.generation, model, tokenizer) as sampler:
-        report = evaluate_tts(cfg, name, model, tokenizer, engine=None if sampler is model else sampler)
+        report = evaluate_tts(cfg, name, model, tokenizer, sampler=sampler)
     print(table(report))
     write(Path(args.output), report)
     print(f"results in {args.output}")

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
 
-from relayrl.executors.weights import load_flat
+from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.sampler import Sample, SamplingConfig, sample
 from relayrl.schema import choice, non_negative, positive, setting
 
@@ -92,6 +92,21 @@ def make_engine(
 
         return VllmEngine(cfg, model_config, tokenizer)  # vLLM places itself (a GPU if it finds one)
     return NativeEngine(model_config, tokenizer, device)
+
+
+@contextlib.contextmanager
+def sampler_for(cfg: GenerationConfig, model, tokenizer: PreTrainedTokenizerBase) -> Iterator:
+    """What samples from a loaded model outside training (eval, tts, benchmarks): the model itself (the native
+    sampler, `sample_texts`), or an engine holding its weights (backend=vllm), closed after."""
+    if cfg.backend == "native":
+        yield model
+        return
+    engine = make_engine(cfg, model.config, tokenizer)
+    try:
+        engine.load(flatten(model), 0)
+        yield engine
+    finally:
+        engine.close()
 
 
 def engine_environment(cfg: GenerationConfig, threads: int) -> dict[str, str]:

@@ -72,9 +72,9 @@ def with_context(prompt: str | tuple[dict, ...], attempts: list[str]) -> str | t
 class Methods:
     """The policy, the judges and the scorer, and each method's pick for one item."""
 
-    def __init__(self, cfg: Config, task: Task, model, tokenizer, engine=None):
+    def __init__(self, cfg: Config, task: Task, model, tokenizer, sampler=None):
         self.cfg, self.task, self.tokenizer = cfg, task, tokenizer
-        self.sampler = engine or model  # what samples the policy's candidates (sample_texts); judges use the model
+        self.sampler = sampler or model  # what samples the policy's candidates (sample_texts); judges use the model
         self.sampling = build.sampling(cfg, task.stop_strings)
         self.gen = torch.Generator()  # seeded per item
         chat = ChatModel("policy", model=model, tokenizer=tokenizer)
@@ -182,11 +182,11 @@ class Methods:
         return result.answer, cost
 
 
-def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True, engine=None) -> dict:
+def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True, sampler=None) -> dict:
     """Every method of `tts.methods` on the held-out set: accuracy, tokens, judge calls and failures."""
     task = build.task(cfg)
     items = task.heldout()[: cfg.tts.items or None]
-    methods = Methods(cfg, task, model, tokenizer, engine)
+    methods = Methods(cfg, task, model, tokenizer, sampler)
     results = {m: MethodResult() for m in cfg.tts.methods}
     for index, item in enumerate(track(items, description="test-time scaling", disable=not show_progress)):
         for m, (pick, cost) in methods.item(item, cfg.tts.methods, index).items():
