@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from relayrl import adapters
 from relayrl.config import Config
 from relayrl.executors.generator import GeneratorSpec, LocalGenerator, ProcessGenerator
 from relayrl.generation.sampler import SamplingConfig
@@ -77,7 +78,7 @@ def trainer(run: Run):
     cfg = run.cfg
     torch.set_num_threads(run.train_threads)
     ref = None
-    if cfg.algorithm.kl_coef > 0:  # the policy RL started from
+    if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.rank:  # the policy RL started from (LoRA: adapters off)
         sft = run.ckpt_root / "sft"
         ref = load_model_and_tokenizer(str(sft))[0] if sft.exists() else copy.deepcopy(run.model).eval()
     # Dr. GRPO's constant normaliser defaults to the generation budget
@@ -88,7 +89,7 @@ def trainer(run: Run):
     if cfg.executors == "ray" and cfg.ray.trainer_ranks:
         from relayrl.executors.ray_actors import RayTrainer  # Ray is imported only by runs that use it
 
-        built = RayTrainer(cfg.ray, run.model, ref, *args, threads=run.train_threads)
+        built = RayTrainer(cfg.ray, run.model, ref, *args, threads=run.train_threads, lora=cfg.model.lora)
     else:
         built = Trainer(run.model, *args, ref)
     if run.optimizer_state:
@@ -100,9 +101,9 @@ def generator(run: Run):
     """In this process (sync), a process of its own (async, or any vLLM engine: vLLM takes over its process's torch
     threads and starts a torch.distributed group), or Ray actors."""
     cfg = run.cfg
-    spec = GeneratorSpec(
-        run.model.config, run.tokenizer, run.sampling, run.rewards.format.parse if run.rewards else None, cfg.generation
-    )
+    split = run.rewards.format.parse if run.rewards else None
+    adapter = adapters.layout(run.model) if adapters.is_adapted(run.model) else None
+    spec = GeneratorSpec(run.model.config, run.tokenizer, run.sampling, split, cfg.generation, adapter)
     if cfg.executors == "ray":
         from relayrl.executors.ray_actors import RayGenerator
 

@@ -140,6 +140,15 @@ def _models_import(args) -> None:
     print(folder)
 
 
+def _models_merge(args) -> None:
+    from relayrl.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint)  # an adapter folder comes merged into its base
+    model.save_pretrained(args.output)
+    tokenizer.save_pretrained(args.output)
+    print(args.output)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="relayrl")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     i.add_argument("--name", help="cache name for --gguf (default: the file name without .gguf)")
     i.add_argument("--output", metavar="DIR", help="write the model folder here instead of the cache")
     i.set_defaults(func=_models_import)
+    mg = m.add_parser("merge", help="write a LoRA checkpoint merged into its base as a plain HF model folder")
+    mg.add_argument("checkpoint", help="a checkpoint folder of a run with model.lora (or its checkpoints/latest)")
+    mg.add_argument("output", help="the folder to write")
+    mg.set_defaults(func=_models_merge)
     args = parser.parse_args(argv)
     if getattr(args, "name", None) and not args.gguf:
         i.error("--name names a --gguf import; a known model keeps its own name")

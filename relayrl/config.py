@@ -17,6 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from relayrl.adapters import LoraConfig
 from relayrl.executors.ray_config import RayConfig
 from relayrl.generation.engines import GenerationConfig
 from relayrl.generation.messages import SpocFormat
@@ -34,6 +35,7 @@ class ModelConfig:
     hidden: int = setting(128, gt=0, le=2**16)  # the rest size builtin models only (2**16: past CPU memory)
     layers: int = setting(4, gt=0, le=1024)
     heads: int = positive(4)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # low-rank adapters instead of every weight (rank > 0)
 
     def rules(self) -> Iterator[tuple[str, str]]:
         if problem := missing_folder(self.name_or_path):

@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from relayrl import build, phases
+from relayrl.adapters import trained_parameters
 from relayrl.algorithms.sequences import to_sequences
 from relayrl.algorithms.shaping import Overlong, informative_groups
 from relayrl.config import Config
@@ -136,7 +137,7 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
         saved, records = state.step, []
 
     saved = state.step
-    weight_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in trained_parameters(run.model))  # LoRA: the adapters
     generator.publish(trainer.weights(), state.step)
     submit_up_to(consumed() + depth)
     while state.step < cfg.steps and not stop.requested:

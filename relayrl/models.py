@@ -24,6 +24,11 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+from transformers.utils import logging as hf_logging
+
+from relayrl import adapters
+
+hf_logging.disable_progress_bar()  # our own progress bars are the ones to read
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = string.digits + string.ascii_letters + " +-*/=()?.,:;#<>\n"
@@ -71,13 +76,21 @@ def build_tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, size: TinySi
 
 
 def load_model_and_tokenizer(
-    name_or_path: str, size: TinySize | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
+    name_or_path: str,
+    size: TinySize | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    train_adapter: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A builtin tiny model, or any HF causal LM by hub id or local folder."""
+    """A builtin tiny model, or any HF causal LM by hub id or local folder. A LoRA adapter's folder (a checkpoint of
+    a run with model.lora) is loaded onto its base model: merged into a plain model, or kept apart to train on."""
     tokenizer = load_tokenizer(name_or_path)
     if name_or_path in TINY_ARCHS:
         return build_tiny_model(name_or_path, tokenizer, size or TinySize(), seed), tokenizer
-    return _pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype), tokenizer
+    path = resolve(name_or_path)
+    if (base := adapters.adapter_base(path)) is not None:
+        return adapters.load(path, load_model_and_tokenizer(base, dtype=dtype)[0], train_adapter), tokenizer
+    return _pretrained(AutoModelForCausalLM, path, dtype=dtype), tokenizer
 
 
 def missing_folder(name_or_path: str) -> str | None:

@@ -12,12 +12,13 @@ from collections.abc import Callable
 import torch
 from rich.progress import track
 
-from relayrl import build
+from relayrl import adapters, build
 from relayrl.algorithms.reward_losses import preference_probability
 from relayrl.algorithms.sequences import Sequence
 from relayrl.errors import nonfinite_streak
 from relayrl.evaluation.evaluate import EvalResult, evaluate
 from relayrl.generation.sampler import encode_prompt, prompt_text
+from relayrl.models import TINY_ARCHS, resolve
 from relayrl.run import Run
 from relayrl.state import HeldoutScore, RunState
 from relayrl.training.trainer import AlgorithmConfig, Trainer
@@ -61,7 +62,12 @@ def warm_start(run: Run, stop, show_progress: bool = True) -> None:
 
 
 def start_rl(run: Run, sft_seconds: float, pair_sft: dict | None = None) -> None:
-    """The held-out accuracy RL starts from, and a fresh RL state saved as checkpoint `sft`."""
+    """The held-out accuracy RL starts from, and a fresh RL state saved as checkpoint `sft`. With LoRA, what the
+    adapters learnt before RL is merged into the base RL's adapters train over (and are kept close to by the KL)."""
+    m = run.cfg.model
+    if m.lora.rank:
+        base = None if m.name_or_path in TINY_ARCHS else resolve(m.name_or_path)
+        run.model = adapters.rebase(run.model, run.tokenizer, m.lora, run.ckpt_root / "base", base)
     start, _ = heldout(run)
     run.state = RunState(phase="rl", sft_seconds=sft_seconds, start=start, pair_sft=pair_sft)
     run.save("sft")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from relayrl import build
+from relayrl import adapters, build
 from relayrl.config import Config, load_config, to_yaml
 from relayrl.executors.generator import GenerateRequest
 from relayrl.generation.sampler import encode_prompt
@@ -51,8 +51,13 @@ class Run:
         ckpt = checkpoint.latest(self.ckpt_root) if resume else None
         m = cfg.model
         self.model, self.tokenizer = load_model_and_tokenizer(
-            str(ckpt) if ckpt else m.name_or_path, TinySize(m.hidden, m.layers, m.heads), cfg.seed
+            str(ckpt) if ckpt else m.name_or_path,
+            TinySize(m.hidden, m.layers, m.heads),
+            cfg.seed,
+            train_adapter=ckpt is not None and m.lora.rank > 0,
         )
+        if m.lora.rank and not adapters.is_adapted(self.model):  # the warm start trains adapters too (see start_rl)
+            self.model = adapters.apply(self.model, m.lora, m.name_or_path)
         self.state: RunState | None = None
         self.optimizer_state: dict | None = None  # the trainer's, to continue from
         if ckpt:

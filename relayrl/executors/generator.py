@@ -20,10 +20,13 @@ import torch
 import torch.multiprocessing as mp
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from relayrl.adapters import AdapterLayout, merged
 from relayrl.errors import TrainingError
+from relayrl.executors.weights import flatten, parameter_shapes
 from relayrl.generation.engines import GenerationConfig, engine_environment, environment, make_engine
 from relayrl.generation.messages import Span, token_messages
 from relayrl.generation.sampler import SamplingConfig
+from relayrl.models import load_model_and_tokenizer
 from relayrl.orphans import die_with_parent
 from relayrl.rollout import Rollout
 
@@ -51,6 +54,7 @@ class GeneratorSpec:
     sampling: SamplingConfig
     split: Split | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    adapter: AdapterLayout | None = None  # model.lora: weights arrive as an adapter, merged into its base here
 
 
 class GeneratorWorker:
@@ -58,14 +62,24 @@ class GeneratorWorker:
 
     def __init__(self, spec: GeneratorSpec, device: str = "cpu"):
         self.engine = make_engine(spec.generation, spec.model_config, spec.tokenizer, device)
-        self.tokenizer, self.sampling, self.split = spec.tokenizer, spec.sampling, spec.split
+        self.tokenizer, self.sampling, self.split, self.adapter = (
+            spec.tokenizer,
+            spec.sampling,
+            spec.split,
+            spec.adapter,
+        )
+        # the base weights an adapter is merged into, loaded once: a sync then carries only the adapter
+        self.base = flatten(load_model_and_tokenizer(self.adapter.base)[0]) if self.adapter else None
+        self.received_numel = (  # what a sync delivers
+            self.adapter.adapter if self.adapter else sum(s.numel() for _, s in parameter_shapes(spec.model_config))
+        )
 
     @property
     def version(self) -> int:
         return self.engine.version
 
     def load(self, flat: torch.Tensor, version: int) -> None:
-        self.engine.load(flat, version)
+        self.engine.load(merged(self.base, flat, self.adapter) if self.adapter else flat, version)
 
     def generate(self, req: GenerateRequest) -> tuple[list[Rollout], float]:
         """The batch's rollouts and the seconds sampling took."""

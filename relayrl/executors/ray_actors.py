@@ -27,11 +27,12 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from transformers import AutoModelForCausalLM
 
+from relayrl.adapters import LoraConfig, apply, base_of, base_parameters, is_adapted, trained_parameters
 from relayrl.errors import TrainingError
 from relayrl.executors import weight_sync
 from relayrl.executors.generator import GenerateRequest, GeneratorSpec, GeneratorWorker
 from relayrl.executors.ray_config import RayConfig
-from relayrl.executors.weights import flatten, load_flat, parameter_shapes
+from relayrl.executors.weights import flatten, load_flat
 from relayrl.generation.engines import engine_environment
 from relayrl.rewards.verifier import RewardConfig, RewardError, RewardFn, assign_result, reward_args, takes_prompt
 from relayrl.rollout import Rollout
@@ -114,7 +115,7 @@ class GeneratorActor(_Actor):
             self.worker.engine.sleep()
         self.received = threading.Condition()
         self.front, self.front_version = None, -1
-        self.numel = sum(shape.numel() for _, shape in parameter_shapes(spec.model_config))
+        self.numel = self.worker.received_numel
 
     def join_sync(self, address: str, rank: int, world: int, bucket_mb: float) -> None:
         self.pg, self.bucket_mb = weight_sync.init_group(address, rank, world), bucket_mb
@@ -338,10 +339,22 @@ class TrainerActor(_Actor):
     """One data-parallel rank: a model copy, its Trainer (DDP over gloo, or NCCL on CUDA) and its share of a batch."""
 
     def __init__(
-        self, model_config, weights, ref_weights, trainer_args: tuple, parallel: str, threads: int, colocated: bool
+        self,
+        model_config,
+        weights,
+        ref_weights,
+        trainer_args: tuple,
+        parallel: str,
+        threads: int,
+        colocated: bool,
+        adapter: tuple[LoraConfig, str, list] | None = None,
     ):
         torch.set_num_threads(threads)
         self.model = _model(model_config, weights)
+        if adapter:  # LoRA: the controller's adapters on the base weights just loaded
+            lora, base, adapter_weights = adapter
+            self.model = apply(self.model, lora, base)
+            load_flat(trained_parameters(self.model), _fetch(adapter_weights[0]))
         self.ref = _model(model_config, ref_weights).eval() if ref_weights is not None else None
         self.trainer_args, self.parallel, self.colocated = trainer_args, parallel, colocated
 
@@ -388,7 +401,9 @@ class RayTrainer:
     as they are; the controller copies them into its own model only to evaluate or checkpoint.
     """
 
-    def __init__(self, cfg: RayConfig, model, ref_model, optim, algo, pad_id: int, temperature: float, threads=1):
+    def __init__(
+        self, cfg: RayConfig, model, ref_model, optim, algo, pad_id: int, temperature: float, threads=1, lora=None
+    ):
         connect(cfg)
         k, self.group = cfg.trainer_ranks, None
         if cfg.placement == "disaggregated":  # a trainer's ranks together, on as few nodes as fit them
@@ -403,8 +418,10 @@ class RayTrainer:
                     f"ray: {k} trainer ranks of {bundle} did not fit within ray.start_timeout={cfg.start_timeout}s; "
                     f"the cluster has {ray.available_resources()} free"
                 ) from None
-        weights = [ray.put(flatten(model).numpy())]
+        weights = [ray.put(flatten(base_parameters(model)).numpy())]
         ref = [ray.put(flatten(ref_model).numpy())] if ref_model is not None else None
+        adapted = is_adapted(model)
+        adapter = (lora, base_of(model), [ray.put(flatten(trained_parameters(model)).numpy())]) if adapted else None
         actor = ray.remote(TrainerActor)
         self.ranks = [
             actor.options(
@@ -421,6 +438,7 @@ class RayTrainer:
                 cfg.trainer_parallel,
                 threads,
                 cfg.placement == "colocated",
+                adapter,
             )
             for r in range(k)
         ]
@@ -439,7 +457,7 @@ class RayTrainer:
         return rank0
 
     def copy_to(self, model) -> None:
-        load_flat(model, _fetch(self.weights()))
+        load_flat(trained_parameters(model), _fetch(self.weights()))
 
     def state_dict(self) -> dict:
         return ray.get([a.state_dict.remote() for a in self.ranks])[0]  # FSDP2 gathers the shards: a collective

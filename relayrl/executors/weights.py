@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+Parameters = nn.Module | Iterable[torch.Tensor]
+"""A model (all its parameters) or some of them (e.g. `adapters.trained_parameters`)."""
 
-def flatten(model: nn.Module) -> torch.Tensor:
+
+def _listed(params: Parameters) -> list[torch.Tensor]:
+    return list(params.parameters() if isinstance(params, nn.Module) else params)
+
+
+def flatten(params: Parameters) -> torch.Tensor:
     """Every parameter in one tensor; sharded (FSDP2) ones gathered whole, a collective every rank joins."""
-    return torch.cat([whole(p).detach().reshape(-1) for p in model.parameters()])
+    return torch.cat([whole(p).detach().reshape(-1) for p in _listed(params)])
 
 
 def whole(p: torch.Tensor) -> torch.Tensor:
@@ -19,9 +28,9 @@ def whole(p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
+def load_flat(params: Parameters, flat: torch.Tensor) -> None:
     offset = 0
-    for p in model.parameters():
+    for p in _listed(params):
         p.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
     if offset != flat.numel():

@@ -18,12 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
 
 from relayrl.errors import TrainingError
 from relayrl.state import RunState
-
-hf_logging.disable_progress_bar()  # our own progress bar is the one to read
 
 STATE, TENSORS = "run_state.json", "trainer_state.pt"
 

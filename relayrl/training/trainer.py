@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
+from relayrl.adapters import adapters_off, causal_lm, is_adapted, trained_parameters
 from relayrl.algorithms import advantages, losses
 from relayrl.algorithms.sequences import Sequence
 from relayrl.executors.weights import flatten, load_flat
@@ -153,6 +154,7 @@ def sequence_logprobs(
 
     `prefix` (`collate(share_prompts=True)`): the rows continue these prefixes, each run once and its KV cache
     handed to every row that continues it (the gradient flows back through the cache to the shared tokens)."""
+    model = causal_lm(model)
     hidden = hidden_states(model.base_model, input_ids, attention_mask, prefix)
     hidden, targets = hidden[:, :-1][where], input_ids[:, 1:][where]
     head = model.get_output_embeddings()
@@ -314,7 +316,7 @@ class ValueModel(torch.nn.Module):
 
     def __init__(self, policy: PreTrainedModel):
         super().__init__()
-        self.backbone = copy.deepcopy(policy.base_model)
+        self.backbone = copy.deepcopy(causal_lm(policy).base_model)  # with LoRA: adapters of its own to train
         weight = next(policy.parameters())
         self.head = torch.nn.Linear(policy.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
         torch.nn.init.zeros_(self.head.weight)
@@ -359,6 +361,8 @@ class Trainer:
     ):
         if algo.aggregation == "constant" and not algo.aggregation_length:
             raise ValueError("algorithm.aggregation=constant needs aggregation_length (build.trainer sets the budget)")
+        if algo.kl_coef > 0 and ref_model is None and not is_adapted(model):
+            raise ValueError("algorithm.kl_coef > 0 needs a reference model (with LoRA: the base, adapters off)")
         self.model, self.optim_cfg, self.algo, self.pad_id = model, optim, algo, pad_id
         self.temperature, self.ref_model = temperature, ref_model
         self.device = next(model.parameters()).device
@@ -369,10 +373,11 @@ class Trainer:
         self.critic = ValueModel(model) if algo.advantage == "gae" else None
         self.logprobs = self._distributed(TokenLogprobs(model), model)
         self.values = self._distributed(self.critic, model) if self.critic is not None else None
-        self.optimizer, self.scheduler = self._adamw(model.parameters(), optim.lr)
+        self.optimizer, self.scheduler = self._adamw(trained_parameters(model), optim.lr)
         if self.critic is not None:
             critic_lr = algo.value_lr or optim.lr
-            self.critic_optimizer, self.critic_scheduler = self._adamw(self.critic.parameters(), critic_lr)
+            critic_params = [p for p in self.critic.parameters() if p.requires_grad]
+            self.critic_optimizer, self.critic_scheduler = self._adamw(critic_params, critic_lr)
 
     def _distributed(self, module: torch.nn.Module, model: PreTrainedModel) -> torch.nn.Module:
         """`module` as data parallelism runs it: FSDP2 makes each decoder layer a unit and the rest (embeddings,
@@ -392,13 +397,14 @@ class Trainer:
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (warmup + 1)))
 
     def weights(self) -> torch.Tensor:
-        """The current weights, as the generators receive them (FSDP2: gathered, so every rank must call it)."""
-        return flatten(self.model)
+        """What training changed, as the generators receive it: every weight, or with LoRA the adapters (FSDP2:
+        gathered, so every rank must call it)."""
+        return flatten(trained_parameters(self.model))
 
     def copy_to(self, model: PreTrainedModel) -> None:
         """Bring the controller's model (held-out evaluation, checkpoints) up to date: it is this one."""
         if model is not self.model:
-            load_flat(model, self.weights())
+            load_flat(trained_parameters(model), self.weights())
 
     def close(self) -> None:
         """Nothing to release in-process (RayTrainer's ranks are actors)."""
@@ -459,10 +465,10 @@ class Trainer:
             return -logp, {}, None
         a, mask, mu, adv = self.algo, batch["mask"], batch["mu"], batch["adv"]
         stats, value_loss = {}, None
-        if a.kl_coef > 0:
-            with torch.no_grad():
+        if a.kl_coef > 0:  # the reference: a model of its own, or with LoRA this one with its adapters off
+            with torch.no_grad(), adapters_off(self.model) if self.ref_model is None else contextlib.nullcontext():
                 ref = sequence_logprobs(
-                    self.ref_model,
+                    self.ref_model or self.model,
                     batch["input_ids"],
                     batch["attention_mask"],
                     where,
