@@ -34,9 +34,9 @@ class LoraConfig:
     targets: list[str] = setting(factory=lambda: ["all-linear"], nonempty=True)  # noqa: RUF009
 
 
-def apply(model: PreTrainedModel, cfg: LoraConfig, base: str) -> nn.Module:
+def apply(model: PreTrainedModel, cfg: LoraConfig, base: str, task: str = "CAUSAL_LM") -> nn.Module:
     """`model` with fresh adapters (B = 0: the same function as `model`), its frozen weights named by `base`, the
-    folder or hub id a checkpoint's adapter is loaded onto."""
+    folder or hub id a checkpoint's adapter is loaded onto. `task` SEQ_CLS (a reward model) also trains its head."""
     import peft
 
     lora = peft.LoraConfig(
@@ -44,7 +44,7 @@ def apply(model: PreTrainedModel, cfg: LoraConfig, base: str) -> nn.Module:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.targets[0] if cfg.targets == ["all-linear"] else list(cfg.targets),
-        task_type=peft.TaskType.CAUSAL_LM,
+        task_type=peft.TaskType[task],
     )
     adapted = peft.get_peft_model(model, lora)
     adapted.peft_config["default"].base_model_name_or_path = base
@@ -81,6 +81,11 @@ def adapters_off(model: nn.Module):
     return model.disable_adapter()
 
 
+def merged_model(model: nn.Module) -> PreTrainedModel:
+    """A plain model to save or sample from: the adapters, if any, merged into its weights."""
+    return model.merge_and_unload() if is_adapted(model) else model
+
+
 def adapter_base(folder: str | Path) -> str | None:
     """The base model an adapter folder is loaded onto; None if `folder` holds a whole model."""
     path = Path(folder) / ADAPTER_CONFIG
@@ -92,7 +97,7 @@ def load(folder: str, base: PreTrainedModel, trainable: bool) -> nn.Module:
     import peft
 
     adapted = peft.PeftModel.from_pretrained(base, folder, is_trainable=trainable)
-    return adapted if trainable else adapted.merge_and_unload()
+    return adapted if trainable else merged_model(adapted)
 
 
 def rebase(model: nn.Module, tokenizer, cfg: LoraConfig, folder: Path, base: str | None) -> nn.Module:
@@ -100,7 +105,7 @@ def rebase(model: nn.Module, tokenizer, cfg: LoraConfig, folder: Path, base: str
     which are then the reference policy, and fresh adapters to train. The merged base is written to `folder` unless
     it is still `base` (None: a builtin model, which exists nowhere else; an adapter folder is not a base either)."""
     trained = any(p.any() for n, p in model.named_parameters() if "lora_B" in n)
-    plain = model.merge_and_unload()
+    plain = merged_model(model)
     if trained or base is None or adapter_base(base) is not None:
         plain.save_pretrained(folder)
         tokenizer.save_pretrained(folder)  # a generator loads the base as it loads any model folder

@@ -89,7 +89,8 @@ def load_model_and_tokenizer(
         return build_tiny_model(name_or_path, tokenizer, size or TinySize(), seed), tokenizer
     path = resolve(name_or_path)
     if (base := adapters.adapter_base(path)) is not None:
-        return adapters.load(path, load_model_and_tokenizer(base, dtype=dtype)[0], train_adapter), tokenizer
+        # a builtin base is rebuilt as it was: the same size and seed
+        return adapters.load(path, load_model_and_tokenizer(base, size, seed, dtype)[0], train_adapter), tokenizer
     return _pretrained(AutoModelForCausalLM, path, dtype=dtype), tokenizer
 
 

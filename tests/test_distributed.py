@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from relayrl import adapters
+from relayrl.adapters import LoraConfig
 from relayrl.executors import weight_sync
 from relayrl.executors.weights import flatten, whole
 from relayrl.models import TinySize, load_model_and_tokenizer
@@ -170,6 +172,60 @@ def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parall
                 beta2 = single.optim_cfg.betas[1]
                 v_atol = (1 - beta2) * grad_atol * (2 * float(grads.abs().max()) + grad_atol)
                 torch.testing.assert_close(state[key]["exp_avg_sq"], exp, rtol=2 * U, atol=v_atol)
+
+
+def _lora_trainer(parallel: str) -> Trainer:
+    """LoRA (rank 4) on the tiny model, its B not 0 so that A has a gradient too; the KL reference: adapters off."""
+    model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
+    model = adapters.apply(model, LoraConfig(rank=4, alpha=8.0), "tiny-llama")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0, share_prompts=parallel != "fsdp2")
+    return Trainer(model, optim, AlgorithmConfig(kl_coef=0.1), tok.pad_token_id, temperature=0.7, parallel=parallel)
+
+
+def _lora_grads(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([whole(p.grad).reshape(-1) for p in adapters.trained_parameters(trainer.model)])
+
+
+def _lora_rank(rank: int, world: int, address: str, out: str, parallel: str) -> None:
+    torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=120)
+    dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timeout)
+    trainer = _lora_trainer(parallel)
+    trainer.accumulate(_batch()[rank::world])
+    grads = _lora_grads(trainer)
+    trainer.optimizer.zero_grad()
+    step = trainer.step(_batch()[rank::world])
+    torch.save({"grads": grads, "step": step, "weights": trainer.weights()}, f"{out}/lora{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_two_gloo_ranks_train_lora_adapters_as_one_rank(tmp_path, parallel):
+    mp.spawn(_lora_rank, args=(2, _free_address(), str(tmp_path), parallel), nprocs=2)
+    single = _lora_trainer(parallel)
+    single.accumulate(_batch())
+    grads = _lora_grads(single)
+    single.optimizer.zero_grad()
+    step = single.step(_batch())
+    want = single.weights()
+    assert want.numel() == sum(p.numel() for p in adapters.trained_parameters(single.model))  # the adapters only
+    # the bounds of the full-model test above, for the same batch through the same layers (rank 4 adds two
+    # dot products of 4 terms per layer, well inside its 2 x 4 x 32)
+    n = sum(len(s.prompt_ids) + len(s.completion_ids) for s in _batch()) + 2 * 4 * 32
+    for rank in range(2):
+        got = torch.load(tmp_path / f"lora{rank}.pt", weights_only=False)
+        assert abs(got["step"]["loss"] - step["loss"]) < n * U * 0.2
+        torch.testing.assert_close(got["grads"], grads, rtol=0, atol=1.2 * n * U * float(grads.abs().max()))
+        atol = _adam_first_step_atol(got["grads"], grads, got["step"]["grad_norm"], step["grad_norm"], single)
+        big = torch.maximum(got["weights"].abs(), want.abs())
+        ulp = torch.nextafter(big, torch.full_like(big, float("inf"))) - big
+        assert ((got["weights"] - want).abs() - atol - ulp).max() <= 0
 
 
 def _sync_rank(rank: int, world: int, address: str, out: str) -> None:

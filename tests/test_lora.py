@@ -163,3 +163,31 @@ def test_models_merge_writes_a_plain_model(lora_run, tmp_path):
     merged = load_model_and_tokenizer(str(tmp_path / "merged"))[0]
     plain = load_model_and_tokenizer(str(lora_run / "checkpoints" / "latest"))[0]
     assert torch.equal(flatten(merged), flatten(plain))
+
+
+def test_a_lora_reward_model_learns_and_saves_a_plain_classifier(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from relayrl.cli import main
+    from relayrl.rewards.preference import PreferenceConfig, load_pairs
+    from relayrl.training.reward_model import RMModelConfig, load_reward_model, pair_accuracy
+
+    out, rows = tmp_path / "rm", 2048
+    lora = ["model.lora.rank=8", "model.lora.alpha=16", "train.lr=0.01"]
+    steps = ["train.steps=150", "train.eval_every=150"]
+    main(["rm", "train", *steps, f"data.synthetic_rows={rows}", *lora, f"output={out}"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    # adapters over a random base learn slowly: measured 52.2% -> 61.0% of 205 pairs (full fine-tuning: > 75%)
+    assert metrics["heldout_pair_accuracy"] > metrics["heldout_pair_accuracy_start"] + 0.05
+    assert not (out / "adapter_config.json").exists()  # merged: reward.model loads it as any classifier
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    # what trained: the adapted projections (merged in) and the score head; the embeddings are the initial ones
+    before, after = dict(load_reward_model(RMModelConfig())[0].named_parameters()), dict(model.named_parameters())
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    for name in ("score.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert not torch.equal(after[name], before[name])
+    heldout = load_pairs(PreferenceConfig(synthetic_rows=rows))[1]
+    # the saved merged weights rank the held-out pairs as the adapted model did (a fraction of discrete decisions;
+    # merging moves rewards by ~1e-6, far below the margins between a pair's two rewards)
+    accuracy = pair_accuracy(model, AutoTokenizer.from_pretrained(out), heldout, 256)
+    assert accuracy == pytest.approx(metrics["heldout_pair_accuracy"])

@@ -24,6 +24,7 @@ import torch
 from rich.progress import track
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from relayrl.adapters import apply, causal_lm, merged_model
 from relayrl.algorithms.reward_losses import critic_rm, critic_weight
 from relayrl.models import TinySize, load_model_and_tokenizer
 from relayrl.rewards.critic_rm import SCORES, CriticConfig, CriticRewardModel, context_ids, write_critiques
@@ -142,6 +143,11 @@ def joint_train(
     return history
 
 
+def _adapted(lm: PreTrainedModel, cfg: RMConfig, base: str):
+    """The LM with adapters to train (rm.model.lora), or as it is."""
+    return apply(lm, cfg.model.lora, base) if cfg.model.lora.rank else lm
+
+
 def train_critic_rm(cfg: RMConfig, show_progress: bool = True) -> dict:
     """Both stages, evaluate, save to `cfg.output`; returns the metrics also written to metrics.json there."""
     check(cfg)
@@ -149,12 +155,13 @@ def train_critic_rm(cfg: RMConfig, show_progress: bool = True) -> dict:
     c, size = cfg.critic, TinySize(cfg.model.hidden, cfg.model.layers, cfg.model.heads)
     seconds, t0 = {}, time.perf_counter()
     lm, tokenizer = load_model_and_tokenizer(c.model or cfg.model.name_or_path, size, cfg.seed)
+    lm = _adapted(lm, cfg, c.model or cfg.model.name_or_path)
     if c.warm_steps:
         warm_critic(lm, tokenizer, train_pairs, cfg, show_progress)
     seconds["warm"], t0 = time.perf_counter() - t0, time.perf_counter()
     stats = FilterStats()
     critiqued = train_pairs[: c.pairs or None]
-    kept = critique_pairs(critiqued, model_critic(lm, tokenizer, c, cfg.seed), c.samples, stats)
+    kept = critique_pairs(critiqued, model_critic(causal_lm(lm), tokenizer, c, cfg.seed), c.samples, stats)
     seconds["stage1"], t0 = time.perf_counter() - t0, time.perf_counter()
     if not kept:
         raise ValueError(
@@ -163,11 +170,13 @@ def train_critic_rm(cfg: RMConfig, show_progress: bool = True) -> dict:
         )
     if c.model:  # a separate critic wrote the critiques; stage 2 trains the reward model's own LM
         lm, tokenizer = load_model_and_tokenizer(cfg.model.name_or_path, size, cfg.seed)
+        lm = _adapted(lm, cfg, cfg.model.name_or_path)
     torch.manual_seed(cfg.seed)
-    model = CriticRewardModel(lm, tokenizer, c, cfg.train.max_length)
+    model = CriticRewardModel(causal_lm(lm), tokenizer, c, cfg.train.max_length)  # LoRA: adapted layers in place
     history = joint_train(model, kept, heldout, cfg, show_progress)
     seconds["stage2"] = time.perf_counter() - t0
     out = Path(cfg.output)
+    model.lm = merged_model(lm)  # a plain LM folder, as reward.model loads it
     model.save_pretrained(out)
     metrics = {
         "kind": "critic",

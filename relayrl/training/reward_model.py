@@ -14,6 +14,8 @@ import torch
 from rich.progress import track
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from relayrl import adapters
+from relayrl.adapters import LoraConfig
 from relayrl.algorithms.reward_losses import bradley_terry
 from relayrl.models import TINY_ARCHS, TinySize, build_tiny_model, load_tokenizer, resolve
 from relayrl.rewards.critic_rm import CriticConfig
@@ -36,6 +38,7 @@ class RMModelConfig:
     hidden: int = 64
     layers: int = 2
     heads: int = 2
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank > 0: train adapters (and the head); saved merged
 
 
 @dataclass
@@ -93,8 +96,10 @@ def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict:
     """Train, evaluate, save to `cfg.output`; returns the metrics also written to metrics.json there."""
     train_pairs, heldout, skipped = load_pairs(cfg.data)
     model, tokenizer = load_reward_model(cfg.model, cfg.seed)
+    if cfg.model.lora.rank:
+        model = adapters.apply(model, cfg.model.lora, cfg.model.name_or_path, "SEQ_CLS")
     t = cfg.train
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    optimizer = torch.optim.AdamW(adapters.trained_parameters(model), lr=t.lr)
     rng = random.Random(cfg.seed)
     history = [{"step": 0, "heldout_pair_accuracy": pair_accuracy(model, tokenizer, heldout, t.max_length)}]
     for step in track(range(1, t.steps + 1), description="reward model", disable=not show_progress):
@@ -108,6 +113,7 @@ def train_reward_model(cfg: RMConfig, show_progress: bool = True) -> dict:
             acc = pair_accuracy(model, tokenizer, heldout, t.max_length)
             history.append({"step": step, "loss": loss.item(), "heldout_pair_accuracy": acc})
     out = Path(cfg.output)
+    model = adapters.merged_model(model)  # a plain classifier folder, as reward.model loads it
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     metrics = {
