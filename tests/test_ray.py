@@ -59,12 +59,16 @@ def test_ray_run_on_two_nodes_matches_the_local_run(tiny, tmp_path, cluster, wei
     assert records[-1]["generator_nodes"] == 2  # SPREAD put a replica on each node
 
 
-def test_async_broadcast_sync_keeps_staleness_bounded(tiny, tmp_path, cluster):
-    run = _ray_run(tiny, tmp_path, "bcast", cluster, mode="async", max_staleness=2, **{"ray.weight_sync": "broadcast"})
+def test_async_broadcast_sync_of_lora_adapters_keeps_staleness_bounded(tiny, tmp_path, cluster):
+    lora = {"model.lora.rank": 4, "model.lora.alpha": 8}  # replicas load the base and merge each adapter broadcast
+    extra = {"ray.weight_sync": "broadcast", **lora}
+    run = _ray_run(tiny, tmp_path, "bcast", cluster, mode="async", max_staleness=2, **extra)
     records = read_jsonl(run / "metrics.jsonl")
     assert len(records) == 6 and records[-1]["dropped_stale"] == 0
     assert all(0 <= r["staleness"] <= 2 for r in records)  # a replica may sample with a newer version, never older
-    assert all(r["sync_bytes"] > 0 for r in records)
+    # the adapters of 2 layers x 7 projections of 32 x 32 (the MLP's 32 x 128): rank 4 x (in + out) each
+    adapter = 2 * 4 * (4 * (32 + 32) + 3 * (32 + 128))
+    assert {r["sync_bytes"] for r in records} == {4 * adapter}
 
 
 def _kill_a_generator_once_training_began(run_root: Path, killed: list) -> None:
@@ -145,9 +149,11 @@ def test_a_dead_reward_actor_is_replaced_and_its_rollout_scored_again(cluster, t
     scorer.close()
 
 
-@pytest.mark.parametrize(("parallel", "placement"), [("ddp", "disaggregated"), ("fsdp2", "colocated")])
-def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster, parallel, placement):
-    local = train(load_config(None, tiny(tmp_path / "local", mode="sync")), show_progress=False)
+@pytest.mark.parametrize(("parallel", "placement", "lora"), [("ddp", "disaggregated", 0), ("fsdp2", "colocated", 4)])
+def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster, parallel, placement, lora):
+    """lora > 0: the ranks rebuild the controller's adapters over the base and train them alone."""
+    adapters = {"model.lora.rank": lora, "model.lora.alpha": 2 * lora} if lora else {}
+    local = train(load_config(None, tiny(tmp_path / "local", mode="sync", **adapters)), show_progress=False)
     ddp = _ray_run(
         tiny,
         tmp_path,
@@ -162,6 +168,7 @@ def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster
             "ray.trainer_parallel": parallel,
             "ray.placement": placement,
             "algorithm.kl_coef": 0.0,
+            **adapters,
         },
     )
     first_local, first_ddp = read_jsonl(local / "metrics.jsonl")[0], read_jsonl(ddp / "metrics.jsonl")[0]

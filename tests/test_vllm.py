@@ -217,8 +217,11 @@ def _records_within_bound(run) -> list[dict]:
     return records
 
 
-def test_vllm_sync_run_trains_with_a_small_engine_trainer_gap(tiny, tmp_path):
-    run = _run(tiny, tmp_path, "sync", mode="sync", steps=4, eval_every=2)
+def test_vllm_sync_lora_run_trains_with_a_small_engine_trainer_gap(tiny, tmp_path):
+    """With LoRA: the engine samples the base with each received adapter merged in, the trainer runs the adapted
+    model unmerged; the gap bound holds only if the merge is right."""
+    lora = {"model.lora.rank": 4, "model.lora.alpha": 8}
+    run = _run(tiny, tmp_path, "sync", mode="sync", steps=4, eval_every=2, **lora)
     records = _records_within_bound(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(r["mismatch_logprob_abs"] is not None for r in records)  # staleness 0: every step measures it
