@@ -173,12 +173,13 @@ def test_a_lora_reward_model_learns_and_saves_a_plain_classifier(tmp_path):
     from relayrl.training.reward_model import RMModelConfig, load_reward_model, pair_accuracy
 
     out, rows = tmp_path / "rm", 2048
-    lora = ["model.lora.rank=8", "model.lora.alpha=16", "train.lr=0.01"]
+    lora = ["model.lora.rank=8", "model.lora.alpha=16"]  # at the default lr, 1e-3 (1e-2 diverges)
     steps = ["train.steps=150", "train.eval_every=150"]
     main(["rm", "train", *steps, f"data.synthetic_rows={rows}", *lora, f"output={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
-    # adapters over a random base learn slowly: measured 52.2% -> 61.0% of 205 pairs (full fine-tuning: > 75%)
-    assert metrics["heldout_pair_accuracy"] > metrics["heldout_pair_accuracy_start"] + 0.05
+    # measured 52.2% -> 84.4% of 205 pairs under ATEN_CPU_CAPABILITY default and avx2 alike; full fine-tuning's
+    # test asks 75% after 200 steps
+    assert metrics["heldout_pair_accuracy_start"] < 0.65 and metrics["heldout_pair_accuracy"] > 0.75
     assert not (out / "adapter_config.json").exists()  # merged: reward.model loads it as any classifier
     model = AutoModelForSequenceClassification.from_pretrained(out)
     # what trained: the adapted projections (merged in) and the score head; the embeddings are the initial ones

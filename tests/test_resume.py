@@ -108,7 +108,7 @@ def test_checkpoints_hold_no_pickle_and_no_non_finite_weight(tmp_path):
 
 
 def test_a_failed_start_leaves_no_run_folder(tiny, tmp_path, monkeypatch):
-    def unreadable(*_args):  # a failure past validation, e.g. a model folder that cannot be read
+    def unreadable(*_args, **_kwargs):  # a failure past validation, e.g. a model folder that cannot be read
         raise OSError("model.safetensors: truncated")
 
     monkeypatch.setattr("relayrl.run.load_model_and_tokenizer", unreadable)
