@@ -192,3 +192,18 @@ def test_a_lora_reward_model_learns_and_saves_a_plain_classifier(tmp_path):
     # merging moves rewards by ~1e-6, far below the margins between a pair's two rewards)
     accuracy = pair_accuracy(model, AutoTokenizer.from_pretrained(out), heldout, 256)
     assert accuracy == pytest.approx(metrics["heldout_pair_accuracy"])
+
+
+def test_an_adapter_on_a_builtin_base_reloads_onto_the_same_base(tmp_path):
+    """A checkpoint taken before RL's rebase (SPOC's pair_sft) names the builtin itself: resume rebuilds it at the
+    run's size and seed, so the adapted model is the one saved."""
+    model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=3)
+    adapted = adapters.apply(model, LORA, "tiny-llama")
+    with torch.no_grad():
+        for p in adapters.trained_parameters(adapted):
+            p.add_(0.01)
+    adapted.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = load_model_and_tokenizer(str(tmp_path), TinySize(32, 2, 2), seed=3, train_adapter=True)[0]
+    assert torch.equal(flatten(again), flatten(adapted))
+    assert torch.equal(flatten(adapters.trained_parameters(again)), flatten(adapters.trained_parameters(adapted)))
