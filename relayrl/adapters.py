@@ -47,7 +47,8 @@ def apply(model: PreTrainedModel, cfg: LoraConfig, base: str, task: str = "CAUSA
         task_type=peft.TaskType[task],
     )
     adapted = peft.get_peft_model(model, lora)
-    adapted.peft_config["default"].base_model_name_or_path = base
+    local = Path(base).expanduser()  # a folder as an absolute path (peft does not expand ~), a hub id as it is
+    adapted.peft_config["default"].base_model_name_or_path = str(local.resolve()) if local.exists() else base
     return adapted
 
 
