@@ -147,13 +147,17 @@ def layout(model: nn.Module) -> AdapterLayout:
     return AdapterLayout(base_of(model), counts[False], counts[True], tuple(deltas))
 
 
-def merged(base: torch.Tensor, adapter: torch.Tensor, layout: AdapterLayout) -> torch.Tensor:
-    """The plain model's flat weights with each adapted weight W0 + scale B A: what a generator samples with."""
+def merged(
+    base: torch.Tensor, adapter: torch.Tensor, layout: AdapterLayout, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The plain model's flat weights with each adapted weight W0 + scale B A: what a generator samples with.
+    `out`: a buffer already holding `base` (a generator's, merged into at each version): only the adapted weights
+    are rewritten, each in one pass that reads W0 from `base`, so nothing is copied whole."""
     if base.numel() != layout.weights:
         raise ValueError(f"weight sync: a base of {base.numel()} values for a layout of {layout.weights}")
-    full = base.clone()
+    full = base.clone() if out is None else out
     for w, rows, cols, a, b, rank, scale in layout.deltas:
-        full[w : w + rows * cols].view(rows, cols).addmm_(
-            adapter[b : b + rows * rank].view(rows, rank), adapter[a : a + rank * cols].view(rank, cols), alpha=scale
-        )
+        weight = slice(w, w + rows * cols)
+        b_, a_ = adapter[b : b + rows * rank].view(rows, rank), adapter[a : a + rank * cols].view(rank, cols)
+        torch.addmm(base[weight].view(rows, cols), b_, a_, alpha=scale, out=full[weight].view(rows, cols))
     return full

@@ -62,14 +62,12 @@ class GeneratorWorker:
 
     def __init__(self, spec: GeneratorSpec, device: str = "cpu"):
         self.engine = make_engine(spec.generation, spec.model_config, spec.tokenizer, device)
-        self.tokenizer, self.sampling, self.split, self.adapter = (
-            spec.tokenizer,
-            spec.sampling,
-            spec.split,
-            spec.adapter,
-        )
-        # the base weights an adapter is merged into, loaded once: a sync then carries only the adapter
+        self.tokenizer, self.sampling, self.split = spec.tokenizer, spec.sampling, spec.split
+        self.adapter = spec.adapter
+        # the base weights an adapter is merged into, loaded once (a sync then carries only the adapter), and the
+        # buffer each version is merged into (the engine copies it in: it can be reused)
         self.base = flatten(load_model_and_tokenizer(self.adapter.base)[0]) if self.adapter else None
+        self.merged = self.base.clone() if self.adapter else None
         self.received_numel = (  # what a sync delivers
             self.adapter.adapter if self.adapter else sum(s.numel() for _, s in parameter_shapes(spec.model_config))
         )
@@ -79,7 +77,7 @@ class GeneratorWorker:
         return self.engine.version
 
     def load(self, flat: torch.Tensor, version: int) -> None:
-        self.engine.load(merged(self.base, flat, self.adapter) if self.adapter else flat, version)
+        self.engine.load(merged(self.base, flat, self.adapter, self.merged) if self.adapter else flat, version)
 
     def generate(self, req: GenerateRequest) -> tuple[list[Rollout], float]:
         """The batch's rollouts and the seconds sampling took."""
