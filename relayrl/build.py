@@ -13,6 +13,7 @@ import torch
 
 from relayrl import adapters
 from relayrl.config import Config
+from relayrl.environments import Environment, make_environment
 from relayrl.executors.generator import GeneratorSpec, LocalGenerator, ProcessGenerator
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.models import load_model_and_tokenizer
@@ -29,8 +30,11 @@ if TYPE_CHECKING:
 
 
 def task(cfg: Config) -> Task:
-    t = cfg.task
-    return make_task(t.name, t.arithmetic, t.dataset, t.reasoning_gym)
+    return make_task(cfg.task.name, cfg.task)
+
+
+def environment(cfg: Config) -> Environment | None:
+    return make_environment(cfg.environment)
 
 
 def sampling(cfg: Config, stop_strings: tuple[str, ...]) -> SamplingConfig:
@@ -103,7 +107,7 @@ def generator(run: Run):
     cfg = run.cfg
     split = run.rewards.format.parse if run.rewards else None
     adapter = adapters.layout(run.model) if adapters.is_adapted(run.model) else None
-    spec = GeneratorSpec(run.model.config, run.tokenizer, run.sampling, split, cfg.generation, adapter)
+    spec = GeneratorSpec(run.model.config, run.tokenizer, run.sampling, split, cfg.generation, adapter, run.environment)
     if cfg.executors == "ray":
         from relayrl.executors.ray_actors import RayGenerator
 

@@ -58,6 +58,7 @@ def _eval(args) -> None:
                     seed=cfg.seed,
                     extract=task.extract,
                     message_scorer=message_scorer,
+                    environment=build.environment(cfg),
                 )
             )
         rows.append(compare.summary(name, task.name, results[-1], results[0] if len(results) > 1 else None))

@@ -18,13 +18,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from relayrl.adapters import LoraConfig
+from relayrl.environments import EnvironmentConfig
 from relayrl.executors.ray_config import RayConfig
 from relayrl.generation.engines import GenerationConfig
 from relayrl.generation.messages import SpocFormat
 from relayrl.models import TINY_ARCHS, missing_folder
 from relayrl.rewards.verifier import RewardConfig
 from relayrl.schema import ConfigError, check, choice, non_negative, nonempty, positive, setting
-from relayrl.tasks import ArithmeticConfig, DatasetConfig, ReasoningGymConfig
+from relayrl.tasks import TASKS, ArithmeticConfig, DatasetConfig, ExpressionConfig, HumanEvalConfig, ReasoningGymConfig
 from relayrl.tasks.reasoning_gym import unknown_generator
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig
 
@@ -47,10 +48,12 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = choice("arithmetic", "dataset", "reasoning_gym")
+    name: str = choice(*TASKS)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)
+    expression: ExpressionConfig = field(default_factory=ExpressionConfig)  # a code task scored in the sandbox
+    humaneval: HumanEvalConfig = field(default_factory=HumanEvalConfig)
 
     def rules(self) -> Iterator[tuple[str, str]]:
         if self.name == "dataset" and not self.dataset.path:
@@ -149,6 +152,7 @@ class Config:
     name: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)  # multi-turn episodes, tools
     sft: SFTConfig = field(default_factory=SFTConfig)
     spoc: SpocConfig = field(default_factory=SpocConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -194,6 +198,8 @@ class Config:
             yield "algorithm.overlong_buffer", f"must be <= the budget, {budget} tokens; got {a.overlong_buffer}"
         if self.recipe == "spoc" and r.source != "task":
             yield "reward.source", "recipe=spoc rewards each message with the task's verifier; use task"
+        if self.environment.name and self.recipe == "spoc":
+            yield "environment.name", "recipe=spoc writes its messages in one generation; it takes no environment"
         if self.recipe == "spoc" and self.spoc.writer == "teacher" and not self.spoc.teacher:
             yield "spoc.teacher", "writer=teacher needs a model (hub id or local folder)"
 

@@ -25,7 +25,7 @@ from relayrl.evaluation import report
 from relayrl.evaluation.metrics import spoc_metrics
 from relayrl.recipes import spoc
 from relayrl.rewards.judge import pair_samples
-from relayrl.rollout import Rollout, message_wise
+from relayrl.rollout import ENVIRONMENT, Rollout, message_wise
 from relayrl.run import Run, new_run_dir, open_run, remove_unstarted
 from relayrl.tracking import Tracker, read_jsonl, restore
 
@@ -84,6 +84,16 @@ def message_metrics(rollouts: list[Rollout]) -> dict[str, float | None]:
     if not message_wise(rollouts):
         return {}
     return {f"train_{k}": v for k, v in spoc_metrics([r.message_rewards() for r in rollouts]).items()}
+
+
+def episode_metrics(rollouts: list[Rollout]) -> dict[str, float]:
+    """Multi-turn episodes' tool use and limits: replies per episode, and the shares cut by a token or turn limit."""
+    n = len(rollouts)
+    return {
+        "tool_calls": sum(m.role == ENVIRONMENT for r in rollouts for m in r.messages) / n,
+        "cut_by_tokens": sum(r.finish_reason == "length" for r in rollouts) / n,
+        "cut_by_turns": sum(r.finish_reason == "turns" for r in rollouts) / n,
+    }
 
 
 def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
@@ -186,7 +196,7 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
             "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
             "gen_share": gen_seconds / (gen_seconds + t2 - t0 - waited),
         }
-        metrics |= message_metrics(fresh)  # SPOC's, of the rollouts trained on
+        metrics |= message_metrics(fresh) | (episode_metrics(fresh) if run.environment else {})
         metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
         if cfg.executors == "ray" and fresh:
             metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica

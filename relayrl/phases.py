@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 
@@ -19,8 +20,10 @@ from relayrl.errors import nonfinite_streak
 from relayrl.evaluation.evaluate import EvalResult, evaluate
 from relayrl.generation.sampler import encode_prompt, prompt_text
 from relayrl.models import TINY_ARCHS, resolve
+from relayrl.rollout import ENVIRONMENT, POLICY
 from relayrl.run import Run
 from relayrl.state import HeldoutScore, RunState
+from relayrl.tasks.base import Item
 from relayrl.training.trainer import AlgorithmConfig, Trainer
 
 
@@ -50,15 +53,33 @@ def supervise(
 
 def warm_start(run: Run, stop, show_progress: bool = True) -> None:
     """Supervised steps on the task's worked solutions."""
-    s, tok = run.cfg.sft, run.tokenizer
+    s = run.cfg.sft
 
     def batch(step: int) -> list[Sequence]:
         # negative indices: a stream of its own, disjoint from the RL prompts (0, 1, 2, ...)
-        items = [run.task.train_item(-1 - step * s.batch_size - i) for i in range(s.batch_size)]
-        solution = [tok(it.solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for it in items]
-        return [Sequence(encode_prompt(tok, it.prompt), ids) for it, ids in zip(items, solution, strict=True)]
+        indices = [-1 - step * s.batch_size - i for i in range(s.batch_size)]
+        return [demonstration(run, run.task.train_item(i), i) for i in indices]
 
     supervise(run, batch, s.steps, s.lr, "SFT warm start", stop, show_progress)
+
+
+def demonstration(run: Run, item: Item, index: int) -> Sequence:
+    """A warm-start example: the environment's worked episode (its replies masked out of the loss), for a share
+    `environment.demonstrations` of the items, or the task's solution; either ends with the end-of-sequence token."""
+    tok, env = run.tokenizer, run.environment
+    shown = env.demonstration(item) if env else None
+    if shown is None or random.Random(f"demo-{run.cfg.seed}-{index}").random() >= run.cfg.environment.demonstrations:
+        shown = [(POLICY, item.solution)]
+    ids, mask = [], []
+    for role, text in shown:
+        part = (
+            env.format.reply(tok, text, after_eos=False)
+            if role == ENVIRONMENT
+            else tok(text, add_special_tokens=False)["input_ids"]
+        )
+        ids += part
+        mask += [float(role != ENVIRONMENT)] * len(part)
+    return Sequence(encode_prompt(tok, item.prompt), [*ids, tok.eos_token_id], loss_mask=[*mask, 1.0])
 
 
 def start_rl(run: Run, sft_seconds: float, pair_sft: dict | None = None) -> None:
@@ -77,9 +98,19 @@ def heldout(run: Run) -> tuple[HeldoutScore, dict]:
     """Greedy held-out accuracy of `run.model` (SPOC: of the answer it ends on, plus its self-correction metrics),
     with the gold-judge audit, as a score and as the metrics of a step's record."""
     scorer, messages = build.heldout_scorers(run.task, run.rewards)
-    result = evaluate(run.model, run.tokenizer, run.heldout, scorer, run.sampling, message_scorer=messages)
+    result = evaluate(
+        run.model,
+        run.tokenizer,
+        run.heldout,
+        scorer,
+        run.sampling,
+        message_scorer=messages,
+        environment=run.environment,
+    )
     score = HeldoutScore(result.accuracy, result.interval, result.message_metrics, audit(run, result))
     metrics = {"heldout_accuracy": result.accuracy} | {f"heldout_{k}": v for k, v in result.message_metrics.items()}
+    if "tool_calls" in result.scores:
+        metrics["heldout_tool_calls"] = result.scores["tool_calls"]
     return score, metrics | score.audit
 
 

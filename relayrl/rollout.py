@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+POLICY, ENVIRONMENT = "assistant", "environment"  # roles of an episode's messages; the environment's are not trained
+
 
 @dataclass
 class Message:
@@ -32,10 +34,21 @@ class Rollout:
     replica: int = 0  # the generator replica that sampled it
     prompt: str = ""  # the prompt's text, for scorers that read it (reward models, judges)
     opponent: str = ""  # another sample of the same prompt, for a pairwise judge (`rewards.judge.pair_samples`)
+    env_reward: float = 0.0  # an episode's per-turn rewards from its environment, added to the scorer's
 
     def __post_init__(self) -> None:
         if not self.messages:
             self.messages = [Message(0, len(self.completion_ids))]
+
+    def loss_mask(self) -> list[float] | None:
+        """1 on the tokens the policy wrote, 0 on an environment's (None: all the policy's)."""
+        if all(m.role != ENVIRONMENT for m in self.messages):
+            return None
+        mask = [1.0] * len(self.completion_ids)
+        for m in self.messages:
+            if m.role == ENVIRONMENT:
+                mask[m.start : m.end] = [0.0] * (m.end - m.start)
+        return mask
 
     def message_rewards(self) -> list[tuple[str, float]]:
         """(role, reward) per message; a message without a reward of its own (a failed scorer) takes the rollout's."""

@@ -48,6 +48,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.gen_threads, self.train_threads = build.thread_budget(cfg)
         self.task = build.task(cfg)
+        self.environment = build.environment(cfg)
         ckpt = checkpoint.latest(self.ckpt_root) if resume else None
         m = cfg.model
         self.model, self.tokenizer = load_model_and_tokenizer(
@@ -75,7 +76,7 @@ class Run:
             batch_index,
             indices,
             [encode_prompt(self.tokenizer, it.prompt) for it in items],
-            [it.answer for it in items],
+            items,
             self.cfg.rollout.samples_per_prompt,
             seed=self.cfg.seed * 1_000_003 + batch_index,
         )

@@ -46,7 +46,7 @@ def to_sequences(
     else:
         pairs = [(r, adv, None) for r, adv in _advantages(rollouts, estimator, verify_baseline, overlong)]
     seqs = [
-        (r, Sequence(r.prompt_ids, r.completion_ids, r.logprobs, adv, staleness=_staleness(r, version), rewards=rw))
+        (r, Sequence(r.prompt_ids, r.completion_ids, r.logprobs, adv, r.loss_mask(), _staleness(r, version), rw))
         for r, adv, rw in pairs
     ]
     if overlong and overlong.filter:

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from relayrl.environments import Environment
 from relayrl.evaluation.metrics import majority_vote, mean_interval, pass_at_k, spoc_metrics, wilson_interval
-from relayrl.generation.sampler import SamplingConfig, encode_prompt, sample_texts
+from relayrl.generation.episodes import run_episodes
+from relayrl.generation.sampler import Sample, SamplingConfig, draw, encode_prompt, sample_texts
 from relayrl.tasks.base import Item, Scorer
 
 
@@ -35,12 +37,14 @@ def evaluate(
     seed: int = 0,
     extract: Callable[[str], str | None] | None = None,
     message_scorer: Callable[[str, str], list[tuple[str, float]]] | None = None,
+    environment: Environment | None = None,
 ) -> EvalResult:
     """Greedy accuracy; with n_samples > 0 also pass@k, and maj@k when `extract` reads answers to vote on.
 
     pass@1 from n samples is the sampled accuracy averaged over the n samples; maj@k votes over
     each item's first k samples. `message_scorer` (SPOC: (role, reward) per message) adds the
-    self-correction metrics of the greedy completions.
+    self-correction metrics of the greedy completions. With an `environment`, each completion is an episode's
+    transcript (its replies included), and `scores["tool_calls"]` the greedy episodes' mean count of replies.
     """
     if any(k > n_samples for k in ks):
         raise ValueError(f"--k: every k must be at most --samples={n_samples}; got {list(ks)}")
@@ -50,14 +54,26 @@ def evaluate(
     outputs: list[dict] = []
     gen = torch.Generator().manual_seed(seed)
 
-    def run(prompts: list[list[int]], cfg: SamplingConfig) -> list[str]:
-        return [c.text for c in sample_texts(model, tokenizer, prompts, cfg, gen)]
+    tool_calls: list[int] = []
+
+    def run(chunk: list[Item], prompts: list[list[int]], cfg: SamplingConfig) -> list[str]:
+        if environment is None:
+            return [c.text for c in sample_texts(model, tokenizer, prompts, cfg, gen)]
+
+        def turn(contexts: list[list[int]], turn_cfg: SamplingConfig, _: int) -> list[Sample]:
+            return draw(model, tokenizer, contexts, turn_cfg, gen)
+
+        episodes = run_episodes(turn, tokenizer, environment, chunk, prompts, cfg)
+        if cfg is greedy:
+            tool_calls.extend(e.tool_calls for e in episodes)
+        return [tokenizer.decode(e.completion_ids, skip_special_tokens=True) for e in episodes]
 
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         prompts = [encode_prompt(tokenizer, it.prompt) for it in chunk]
-        greedy_texts = run(prompts, greedy)
-        many = run([p for p in prompts for _ in range(n_samples)], sampling) if n_samples else []
+        greedy_texts = run(chunk, prompts, greedy)
+        repeat = [j for j in range(len(chunk)) for _ in range(n_samples)]
+        many = run([chunk[j] for j in repeat], [prompts[j] for j in repeat], sampling) if n_samples else []
         for i, it in enumerate(chunk):
             samples = many[i * n_samples : (i + 1) * n_samples]
             outputs.append(
@@ -78,6 +94,8 @@ def evaluate(
         if extract:
             per_item[f"maj@{k}"] = [_majority_correct(o, k) for o in outputs]
     scores = {name: sum(v) / len(v) for name, v in per_item.items()}
+    if tool_calls:
+        scores["tool_calls"] = sum(tool_calls) / len(tool_calls)
     intervals = {name: mean_interval(v) for name, v in per_item.items()}
     correct = sum(per_item["greedy_pass@1"])
     intervals["greedy_pass@1"] = wilson_interval(correct, len(outputs))

@@ -21,14 +21,17 @@ import torch.multiprocessing as mp
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from relayrl.adapters import AdapterLayout, merged
+from relayrl.environments import Environment
 from relayrl.errors import TrainingError
 from relayrl.executors.weights import flatten, parameter_shapes
 from relayrl.generation.engines import GenerationConfig, engine_environment, environment, make_engine
+from relayrl.generation.episodes import Episode, run_episodes
 from relayrl.generation.messages import Span, token_messages
-from relayrl.generation.sampler import SamplingConfig
+from relayrl.generation.sampler import Sample, SamplingConfig
 from relayrl.models import load_model_and_tokenizer
 from relayrl.orphans import die_with_parent
 from relayrl.rollout import Rollout
+from relayrl.tasks.base import Item
 
 
 @dataclass
@@ -36,7 +39,7 @@ class GenerateRequest:
     batch_index: int
     prompt_indices: list[int]
     prompt_ids: list[list[int]]
-    answers: list[str]
+    items: list[Item]
     samples_per_prompt: int
     seed: int
 
@@ -55,6 +58,7 @@ class GeneratorSpec:
     split: Split | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     adapter: AdapterLayout | None = None  # model.lora: weights arrive as an adapter, merged into its base here
+    environment: Environment | None = None  # multi-turn episodes (None: one completion per rollout)
 
 
 class GeneratorWorker:
@@ -62,7 +66,9 @@ class GeneratorWorker:
 
     def __init__(self, spec: GeneratorSpec, device: str = "cpu"):
         self.engine = make_engine(spec.generation, spec.model_config, spec.tokenizer, device)
-        self.tokenizer, self.sampling, self.split = spec.tokenizer, spec.sampling, spec.split
+        self.tokenizer, self.sampling, self.split, self.environment = (
+            spec.tokenizer, spec.sampling, spec.split, spec.environment
+        )  # fmt: skip
         self.adapter = spec.adapter
         # the base weights an adapter is merged into, loaded once (a sync then carries only the adapter), and the
         # buffer each version is merged into (the engine copies it in: it can be reused)
@@ -83,12 +89,26 @@ class GeneratorWorker:
         """The batch's rollouts and the seconds sampling took."""
         start, n = time.perf_counter(), req.samples_per_prompt
         prompts = [p for p in req.prompt_ids for _ in range(n)]
+        items = [it for it in req.items for _ in range(n)]
         version = self.version  # every rollout carries the version its engine sampled with
-        samples = self.engine.sample(prompts, self.sampling, req.seed)
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+        if self.environment:
+
+            def turn(contexts: list[list[int]], cfg: SamplingConfig, index: int) -> list[Sample]:
+                # each turn its own seed: batch seeds are below 2**52 (Config.seed), so no turn's repeats another's
+                return self.engine.sample(contexts, cfg, req.seed + index * 2**52)
+
+            samples = run_episodes(turn, self.tokenizer, self.environment, items, prompts, self.sampling)
+        else:
+            samples = self.engine.sample(prompts, self.sampling, req.seed)
         rollouts = []
         for i, s in enumerate(samples):
             text = decode(s.completion_ids)
+            if isinstance(s, Episode):
+                messages, env_reward = s.messages, s.env_reward
+            else:
+                messages = token_messages(s.completion_ids, decode, self.split(text)) if self.split else []
+                env_reward = 0.0
             rollouts.append(
                 Rollout(
                     prompt_index=req.prompt_indices[i // n],
@@ -99,9 +119,10 @@ class GeneratorWorker:
                     version=version,
                     text=text,
                     finish_reason=s.finish_reason,
-                    answer=req.answers[i // n],
-                    messages=token_messages(s.completion_ids, decode, self.split(text)) if self.split else [],
+                    answer=items[i].answer,
+                    messages=messages,
                     prompt=decode(prompts[i]),
+                    env_reward=env_reward,
                 )
             )
         return rollouts, time.perf_counter() - start

@@ -183,6 +183,15 @@ class Completion:
         return self.prompt_tokens + len(self.completion_ids)
 
 
+def draw(
+    model, tokenizer, prompts: list[list[int]], cfg: SamplingConfig, generator: torch.Generator | None = None
+) -> list[Sample]:
+    """`sample` from a Hugging Face model, or from a generation engine given a seed drawn from `generator`."""
+    if isinstance(model, torch.nn.Module):
+        return sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, tokenizer.decode)
+    return model.sample(prompts, cfg, int(torch.randint(2**62, (1,), generator=generator)))
+
+
 def sample_texts(
     model,
     tokenizer,
@@ -193,10 +202,7 @@ def sample_texts(
     """`sample` one completion per prompt and decode it: what evaluation, test-time scaling, judges and serving
     read (training reads `sample`'s ids and log-probabilities instead). `model`: a Hugging Face model, or a
     generation engine (engines.py, e.g. vLLM's), which is given a seed drawn from `generator`."""
-    if isinstance(model, torch.nn.Module):
-        done = sample(model, prompts, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, tokenizer.decode)
-    else:
-        done = model.sample(prompts, cfg, int(torch.randint(2**62, (1,), generator=generator)))
+    done = draw(model, tokenizer, prompts, cfg, generator)
     return [
         Completion(
             tokenizer.decode(s.completion_ids, skip_special_tokens=True), s.completion_ids, len(p), s.finish_reason

@@ -131,4 +131,5 @@ def assign_result(r: Rollout, result: float | list[float], scorer: RewardFn) -> 
         r.reward = sum(rewards) / len(rewards)
     else:
         r.reward = rewards[0]
+    r.reward += r.env_reward
     r.reward_failed = False

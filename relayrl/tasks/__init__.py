@@ -3,6 +3,8 @@
 from relayrl.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from relayrl.tasks.base import Item, Scorer, Task
 from relayrl.tasks.dataset import DatasetConfig, DatasetTask
+from relayrl.tasks.expression import ExpressionConfig, ExpressionTask
+from relayrl.tasks.humaneval import HumanEvalConfig, HumanEvalTask
 from relayrl.tasks.reasoning_gym import ReasoningGymConfig, ReasoningGymTask
 
 __all__ = [
@@ -10,6 +12,10 @@ __all__ = [
     "ArithmeticTask",
     "DatasetConfig",
     "DatasetTask",
+    "ExpressionConfig",
+    "ExpressionTask",
+    "HumanEvalConfig",
+    "HumanEvalTask",
     "Item",
     "ReasoningGymConfig",
     "ReasoningGymTask",
@@ -18,14 +24,17 @@ __all__ = [
     "make_task",
 ]
 
+TASKS = {  # task.name -> the task class, built from the TaskConfig section of the same name
+    "arithmetic": ArithmeticTask,
+    "dataset": DatasetTask,
+    "reasoning_gym": ReasoningGymTask,
+    "expression": ExpressionTask,
+    "humaneval": HumanEvalTask,
+}
 
-def make_task(
-    name: str, arithmetic: ArithmeticConfig, dataset: DatasetConfig, reasoning_gym: ReasoningGymConfig
-) -> Task:
-    if name == "arithmetic":
-        return ArithmeticTask(arithmetic)
-    if name == "dataset":
-        return DatasetTask(dataset)
-    if name == "reasoning_gym":
-        return ReasoningGymTask(reasoning_gym)
-    raise ValueError(f"task.name: unknown task {name!r}; available: 'arithmetic', 'dataset', 'reasoning_gym'")
+
+def make_task(name: str, sections) -> Task:
+    """The task `name`, from its section of `sections` (a TaskConfig)."""
+    if name not in TASKS:
+        raise ValueError(f"task.name: unknown task {name!r}; available: {', '.join(map(repr, TASKS))}")
+    return TASKS[name](getattr(sections, name))

@@ -92,7 +92,8 @@ class ArithmeticTask:
         ops = [rng.choice(self.cfg.operators) for _ in range(self.cfg.terms - 1)]
         expr = str(nums[0]) + "".join(f"{o}{n}" for o, n in zip(ops, nums[1:], strict=True))
         steps, value = worked_steps(expr)
-        return Item(prompt=f"Q:{expr}\nA:", answer=str(value), solution="\n".join(steps) + f"\n#{value}")
+        solution = "\n".join(steps) + f"\n#{value}"
+        return Item(prompt=f"Q:{expr}\nA:", answer=str(value), solution=solution, meta={"expression": expr})
 
     def train_item(self, index: int) -> Item:
         rng = random.Random(f"train-{self.cfg.seed}-{index}")
