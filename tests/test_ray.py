@@ -193,7 +193,12 @@ def test_data_parallel_ray_trainer_follows_the_local_run(tiny, tmp_path, cluster
 def test_a_ray_run_whose_episodes_run_code_in_the_sandbox_matches_the_local_run(tiny, tmp_path, cluster):
     """The python tool's calls run in the sandbox inside the generator actors; the episodes, rewards and updates are
     those of the same run in this process."""
-    env = {"environment.name": "python", "sft.steps": 150, "task.arithmetic.max_value": 99, "rollout.max_new_tokens": 32}
+    env = {
+        "environment.name": "python",
+        "sft.steps": 150,
+        "task.arithmetic.max_value": 99,
+        "rollout.max_new_tokens": 32,
+    }
     local = train(load_config(None, tiny(tmp_path / "local", mode="sync", **env)), show_progress=False)
     on_ray = _ray_run(tiny, tmp_path, "ray", cluster, mode="sync", **env)
     assert _metrics(on_ray) == _metrics(local)
