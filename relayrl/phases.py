@@ -109,8 +109,6 @@ def heldout(run: Run) -> tuple[HeldoutScore, dict]:
     )
     score = HeldoutScore(result.accuracy, result.interval, result.message_metrics, audit(run, result))
     metrics = {"heldout_accuracy": result.accuracy} | {f"heldout_{k}": v for k, v in result.message_metrics.items()}
-    if "tool_calls" in result.scores:
-        metrics["heldout_tool_calls"] = result.scores["tool_calls"]
     return score, metrics | score.audit
 
 

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import gymnasium
 import pytest
 import torch
 from test_resume import _untimed
@@ -205,3 +206,34 @@ def test_a_multi_turn_run_killed_after_a_checkpoint_resumes_to_the_same_run(env_
     assert _untimed(killed) == _untimed(env_run)
     final = Path("checkpoints") / "step_000006" / "model.safetensors"
     assert (killed / final).read_bytes() == (env_run / final).read_bytes()
+
+
+class Guess(gymnasium.Env):
+    """A Gymnasium text environment: guess the item's number; told higher or lower; reward 1 when found."""
+
+    observation_space = action_space = gymnasium.spaces.Text(64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.target = int(options["answer"])
+        return "guess", {}
+
+    def step(self, action):
+        guess = int(action.strip("#</s> ") or -1)
+        found = guess == self.target
+        return ("right" if found else "higher" if guess < self.target else "lower"), float(found), found, False, {}
+
+
+def test_a_gymnasium_text_environment_runs_unchanged():
+    gymnasium.register("relayrl-test/Guess-v0", entry_point=Guess, disable_env_checker=True)
+    tok = build_char_tokenizer()
+    env = make_environment(
+        EnvironmentConfig(name="gymnasium", gym_id="relayrl-test/Guess-v0", max_turns=5, max_episode_tokens=200)
+    )
+    scripts = {"Q:a": ["#5</s>", "#9</s>", "#7</s>", "#8</s>"], "Q:b": ["#3</s>"] * 9}
+    items = [Item("Q:a", "7"), Item("Q:b", "4")]
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in scripts]
+    a, b = run_episodes(scripted(tok, scripts), tok, env, items, prompts, SamplingConfig(16))
+    assert tok.decode(a.completion_ids, skip_special_tokens=True) == "#5<out>higher</out>#9<out>lower</out>#7"
+    assert (a.finish_reason, a.env_reward, a.tool_calls) == ("stop", 1.0, 2)  # found on the third turn
+    assert (b.finish_reason, b.env_reward, b.tool_calls) == ("turns", 0.0, 4)

@@ -279,3 +279,12 @@ def test_vllm_spoc_run_on_ray_generators(tiny, tmp_path):
     assert all("train_turns" in r for r in records)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["recipe"] == "spoc" and summary["rollouts_trained"] == 4 * 4 * 4
+
+
+def test_vllm_runs_multi_turn_episodes_whose_replies_stay_out_of_the_gap(tiny, tmp_path):
+    """Calculator episodes through vLLM: each turn stops at the call's closing tag (kept), the reply's tokens join
+    the context, and the engine/trainer gap, over the policy's tokens only, stays within the bound."""
+    env = {"environment.name": "calculator", "sft.steps": 150, "task.arithmetic.max_value": 99}
+    run = _run(tiny, tmp_path, "env", mode="sync", steps=2, eval_every=2, **env, **{"rollout.max_new_tokens": 24})
+    records = _records_within_bound(run)
+    assert all(r["tool_calls"] > 0.5 and r["mismatch_logprob_abs"] is not None for r in records)

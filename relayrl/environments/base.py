@@ -25,6 +25,7 @@ from relayrl.tasks.base import Item
 class Reply:
     text: str  # what the environment says: a tool's output or feedback (the tool format renders it into tokens)
     reward: float = 0.0  # added to the episode's reward (a per-turn reward); 0 for most tools
+    done: bool = False  # the episode ends here, with this reward and without the text
 
 
 class Environment:
@@ -39,7 +40,7 @@ class Environment:
 
     def respond(self, item: Item, turns: list[str]) -> Reply | None:
         """The answer to the policy's last turn, `turns[-1]` (all its turns so far, oldest first); None ends the
-        episode."""
+        episode (as a `Reply` with `done` does, with a last reward)."""
         raise NotImplementedError
 
     def demonstration(self, item: Item) -> list[tuple[str, str]] | None:
@@ -52,7 +53,8 @@ class Environment:
 class EnvironmentConfig:
     """Multi-turn episodes (docs/environments.md). name "": single-turn, as without an environment."""
 
-    name: str = ""  # calculator | python | code_feedback | "package.module:Class" (an Environment subclass)
+    name: str = ""  # calculator | python | code_feedback | gymnasium | "package.module:Class" (an Environment)
+    gym_id: str = ""  # name=gymnasium: the registered id of a Gymnasium text environment (docs/environments.md)
     tool_format: str = choice("tags", "chat")  # tags: <name>...</name>; chat: the chat template's tool calls
     max_turns: int = setting(4, ge=1, le=64)  # policy turns per episode
     max_episode_tokens: int = non_negative(0)  # policy and environment tokens; 0: max_turns x rollout.max_new_tokens
@@ -63,10 +65,13 @@ class EnvironmentConfig:
     def rules(self) -> Iterator[tuple[str, str]]:
         if self.name and ":" not in self.name and self.name not in BUILTIN:
             yield "name", f"must be one of {', '.join(BUILTIN)} or 'package.module:Class'; got {self.name!r}"
+        if self.name == "gymnasium" and not self.gym_id:
+            yield "gym_id", "environment.name=gymnasium needs the id of a registered Gymnasium environment"
 
 
 BUILTIN = {  # name -> the class it builds
     "calculator": "relayrl.environments.calculator:Calculator",
     "python": "relayrl.environments.calculator:PythonTool",
     "code_feedback": "relayrl.environments.code_feedback:CodeFeedback",
+    "gymnasium": "relayrl.environments.gym_adapter:GymnasiumEnvironment",
 }

@@ -22,7 +22,8 @@ class EvalResult:
     outputs: list[dict]  # one per item: prompt, answer, greedy text, samples and their scores
     scores: dict[str, float] = field(default_factory=dict)  # "greedy_pass@1", "pass@k" (sampled), "maj@k"
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95%, same keys
-    message_metrics: dict[str, float | None] = field(default_factory=dict)  # SPOC's, of the greedy completions
+    # of the greedy completions: SPOC's self-correction metrics; an environment's tool calls per episode
+    message_metrics: dict[str, float | None] = field(default_factory=dict)
 
 
 def evaluate(
@@ -44,7 +45,7 @@ def evaluate(
     pass@1 from n samples is the sampled accuracy averaged over the n samples; maj@k votes over
     each item's first k samples. `message_scorer` (SPOC: (role, reward) per message) adds the
     self-correction metrics of the greedy completions. With an `environment`, each completion is an episode's
-    transcript (its replies included), and `scores["tool_calls"]` the greedy episodes' mean count of replies.
+    transcript (its replies included), and `message_metrics["tool_calls"]` the greedy episodes' mean count of replies.
     """
     if any(k > n_samples for k in ks):
         raise ValueError(f"--k: every k must be at most --samples={n_samples}; got {list(ks)}")
@@ -94,12 +95,12 @@ def evaluate(
         if extract:
             per_item[f"maj@{k}"] = [_majority_correct(o, k) for o in outputs]
     scores = {name: sum(v) / len(v) for name, v in per_item.items()}
-    if tool_calls:
-        scores["tool_calls"] = sum(tool_calls) / len(tool_calls)
     intervals = {name: mean_interval(v) for name, v in per_item.items()}
     correct = sum(per_item["greedy_pass@1"])
     intervals["greedy_pass@1"] = wilson_interval(correct, len(outputs))
     messages = spoc_metrics([o["greedy_messages"] for o in outputs]) if message_scorer else {}
+    if tool_calls:
+        messages["tool_calls"] = sum(tool_calls) / len(tool_calls)
     return EvalResult(correct / len(outputs), intervals["greedy_pass@1"], outputs, scores, intervals, messages)
 
 

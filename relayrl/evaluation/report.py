@@ -84,15 +84,16 @@ def write(run_dir: Path, records: list[dict], summary: dict) -> None:
 
 
 def _messages_table(start: dict, end: dict) -> list[str]:
-    """SPOC's self-correction metrics (greedy, held out) before and after RL; nothing for other recipes."""
+    """SPOC's self-correction metrics, or an environment's tool calls per episode (greedy, held out), before and after
+    RL; nothing for other runs."""
     if not end:
         return []
 
     def cell(key: str, v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}" if key == "turns" else f"{v:.1%}"
+        return "-" if v is None else f"{v:.2f}" if key in ("turns", "tool_calls") else f"{v:.1%}"
 
     rows = [f"| {k} | {cell(k, start.get(k))} | {cell(k, v)} |" for k, v in end.items()]
-    return ["| self-correction (held-out, greedy) | before RL | after RL |", "|---|---|---|", *rows, ""]
+    return ["| per message (held-out, greedy) | before RL | after RL |", "|---|---|---|", *rows, ""]
 
 
 def _ci(interval) -> str:

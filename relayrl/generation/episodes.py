@@ -87,6 +87,9 @@ def _advance(ep: Episode, s: Sample, tokenizer, env: Environment, item: Item, ma
         ep.finish_reason = "stop"
         return False
     ep.env_reward += reply.reward
+    if reply.done:
+        ep.finish_reason = "stop"
+        return False
     if last:
         ep.finish_reason = "turns"
         return False
