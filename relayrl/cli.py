@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--k", default="1", help="comma-separated k for pass@k and maj@k")
     e.add_argument("--output", metavar="DIR", help="write per-item JSONL, eval.json, compare.md and compare.png here")
     e.set_defaults(func=_eval)
-    ts = sub.add_parser("tts", help="test-time scaling methods on a task's held-out set: accuracy and tokens spent")
+    ts = sub.add_parser(
+        "tts",
+        help="test-time scaling methods on a task's held-out set: accuracy and tokens spent (with environment.name:"
+        " over multi-turn episodes, docs/recipes/agentic_tts.md)",
+    )
     ts.add_argument("args", nargs="*", help="a policy model (default: model.name_or_path), YAML configs, overrides")
     ts.add_argument("--task", help=f"a task preset ({', '.join(task_presets())}) or a YAML file with a task section")
     ts.add_argument("--output", default="tts.json", help="the JSON report (default: tts.json)")

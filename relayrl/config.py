@@ -94,6 +94,8 @@ class SpocConfig:
 
 
 TTS_METHODS = ("single", "majority", "weighted_majority", "best_of_n", "tournament", "pdr")
+# over multi-turn episodes (environment.name set; relayrl/tts/agentic.py)
+AGENTIC_TTS_METHODS = ("single", "majority_output", "best_of_n_examples", "rtv_summaries", "pdr_summaries", "pass_at_n")
 
 
 @dataclass
@@ -110,6 +112,12 @@ class TTSConfig:
     pdr_keep: int = positive(2)  # the top K attempts of a round, given as context to the next
     pdr_width: int = non_negative(0)  # attempts per PDR round; 0: n
     items: int = non_negative(0)  # the first this many held-out items; 0: all
+    # run instead of `methods` when environment.name is set: each candidate an episode (docs/recipes/agentic_tts.md)
+    agentic_methods: list[str] = setting(  # noqa: RUF009
+        factory=lambda: list(AGENTIC_TTS_METHODS), choices=AGENTIC_TTS_METHODS, nonempty=True
+    )
+    summarizer: str = choice("policy", "judge")  # who summarizes episodes: the policy, or the judge (reward.judge_*)
+    summary_max_tokens: int = positive(128)
 
     def rules(self) -> Iterator[tuple[str, str]]:
         width = self.pdr_width or self.n

@@ -47,7 +47,7 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     """One token per character: arithmetic digits stay aligned with what the model computes."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(CHARS))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")  # "." skips newlines
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"

@@ -81,6 +81,13 @@ def test_turn_and_token_limits_cut_an_episode_and_say_which():
     assert len(eps["Q:cut"].completion_ids) == 30 and eps["Q:cut"].finish_reason == "length"  # the turn cut at 30
 
 
+def test_the_char_tokenizer_keeps_every_newline():
+    """A tool's output or a program has blank lines: each newline is a token of its own, never <unk>."""
+    tok = build_char_tokenizer()
+    ids = tok("a\n\nb", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 4 and tok.unk_token_id not in ids and tok.decode(ids) == "a\n\nb"
+
+
 def test_the_calculator_evaluates_arithmetic_only():
     assert calculate("12*(3+4)-5") == "79" and calculate(" -2*3 ") == "-6"
     for bad in ("__import__('os')", "2**10", "1/0", "x+1", "9" * 30 + "*" + "9" * 40, "(", ""):

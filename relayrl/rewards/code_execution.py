@@ -13,6 +13,7 @@ import secrets
 from relayrl.sandbox.execute import Execution, SandboxConfig, run
 
 FENCE_RE = re.compile(r"```[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)  # unclosed: a completion cut by its budget
+PASSED_RE = re.compile(r"(\d+) of \d+ examples passed")  # an examples program's last line
 
 
 def extract_code(text: str) -> str:
@@ -112,3 +113,11 @@ def failure_report(result: Execution) -> str:
         return result.stdout.strip().splitlines()[0]
     lines = result.stderr.strip().splitlines()
     return lines[-1] if lines else result.detail or result.status
+
+
+def examples_passed(result: Execution) -> int | None:
+    """How many examples an examples program's run passed, from its last line; None if it never got there (the code
+    does not run, a timeout, a killed process)."""
+    lines = result.stdout.strip().splitlines()
+    found = PASSED_RE.fullmatch(lines[-1]) if lines and result.status in ("ok", "exit") else None
+    return int(found.group(1)) if found else None

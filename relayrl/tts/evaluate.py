@@ -4,7 +4,8 @@ Each item's N candidates are sampled once and shared: a method is charged for th
 had sampled them (single: the first; the others: all N) plus what it spends choosing (judge calls, reward-model
 reads); PDR samples its own rounds. A token is any prompt or completion token a model processed, as an
 endpoint's `usage.total_tokens` counts them, so the methods compare at equal compute. Accuracy is the task's
-verifier on the candidate each method picks.
+verifier on the candidate each method picks. With an environment, a candidate is a multi-turn episode and the
+methods are relayrl/tts/agentic.py's.
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ class Cost:
     judge_tokens: int = 0  # the judge's or reward model's, choosing among them
     judge_calls: int = 0
     judge_failures: int = 0  # judge replies without a score or verdict
+    summary_tokens: int = 0  # agentic methods: the trajectory summaries' (written by the policy or the judge)
 
     def add(self, other: Cost) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def tokens(self) -> int:
+        return self.generation_tokens + self.summary_tokens + self.judge_tokens
 
 
 @dataclass
@@ -51,7 +57,7 @@ class MethodResult:
     cost: Cost = field(default_factory=Cost)
 
     def summary(self) -> dict:
-        n, tokens = len(self.correct), self.cost.generation_tokens + self.cost.judge_tokens
+        n, tokens = len(self.correct), self.cost.tokens
         return {
             "accuracy": sum(self.correct) / n,
             "ci95": wilson_interval(sum(self.correct), n),
@@ -77,9 +83,9 @@ class Methods:
         self.sampler = sampler or model  # what samples the policy's candidates (sample_texts); judges use the model
         self.sampling = build.sampling(cfg, task.stop_strings)
         self.gen = torch.Generator()  # seeded per item
-        chat = ChatModel("policy", model=model, tokenizer=tokenizer)
+        self.chat = ChatModel("policy", model=model, tokenizer=tokenizer)
         r = cfg.reward
-        where = {} if r.judge_url or r.judge_model_path else {"chat": chat}  # no judge named: the policy judges
+        where = {} if r.judge_url or r.judge_model_path else {"chat": self.chat}  # no judge named: the policy judges
         self.pairwise: PairwiseJudge = make_judge(r, "pairwise", temperature=cfg.tts.judge_temperature, **where)
         self.pointwise = make_judge(
             r, "pointwise", temperature=cfg.tts.judge_temperature, template=POINTWISE_NO_REFERENCE, **where
@@ -128,12 +134,16 @@ class Methods:
 
         return preference if self.cfg.tts.match == "reward_model" else judge
 
-    def item(self, item: Item, methods: list[str], index: int = 0) -> dict[str, tuple[str | None, Cost]]:
-        """Each method's pick among this item's candidates, and its cost. The candidates follow from the seed and
-        the item's `index` alone, so runs with other methods (PDR samples more) see the same ones."""
-        t = self.cfg.tts
+    def start(self, item: Item, index: int) -> str:
+        """Seed the item's sampling from the seed and its `index` alone, so runs with other methods (PDR samples
+        more) see the same candidates; the question judges are shown."""
         self.gen.manual_seed(self.cfg.seed * 1_000_003 + index)
-        question = prompt_text(self.tokenizer, item.prompt)
+        return prompt_text(self.tokenizer, item.prompt)
+
+    def item(self, item: Item, methods: list[str], index: int = 0) -> dict[str, tuple[str | None, Cost]]:
+        """Each method's pick among this item's candidates, and its cost."""
+        t = self.cfg.tts
+        question = self.start(item, index)
         candidates = self.generate(item.prompt, t.n)
         texts, sampled = [c for c, _ in candidates], sum(tokens for _, tokens in candidates)
         scored = Cost(sampled)
@@ -183,39 +193,56 @@ class Methods:
 
 
 def evaluate_tts(cfg: Config, model_name: str, model, tokenizer, show_progress: bool = True, sampler=None) -> dict:
-    """Every method of `tts.methods` on the held-out set: accuracy, tokens, judge calls and failures."""
+    """Every method of `tts.methods` (with an environment: `tts.agentic_methods`) on the held-out set: accuracy,
+    tokens, judge calls and failures."""
     task = build.task(cfg)
     items = task.heldout()[: cfg.tts.items or None]
-    methods = Methods(cfg, task, model, tokenizer, sampler)
-    results = {m: MethodResult() for m in cfg.tts.methods}
+    environment = build.environment(cfg)
+    if environment is None:
+        methods, chosen = Methods(cfg, task, model, tokenizer, sampler), cfg.tts.methods
+    else:
+        from relayrl.tts.agentic import AgenticMethods  # it subclasses Methods: a top-level import would be circular
+
+        methods, chosen = AgenticMethods(cfg, task, model, tokenizer, environment, sampler), cfg.tts.agentic_methods
+    results = {m: MethodResult() for m in chosen}
     for index, item in enumerate(track(items, description="test-time scaling", disable=not show_progress)):
-        for m, (pick, cost) in methods.item(item, cfg.tts.methods, index).items():
+        for m, (pick, cost) in methods.item(item, chosen, index).items():
             results[m].correct.append(float(pick is not None and task.scorer(pick, item.answer) >= 1.0))
             results[m].cost.add(cost)
-    judge = cfg.reward.judge_url or cfg.reward.judge_model_path or f"{model_name} (the policy)"
-    if cfg.tts.match == "reward_model":
-        judge = f"{cfg.reward.model} (reward model, Bradley-Terry)"
+    named = cfg.reward.judge_url or cfg.reward.judge_model_path or f"{model_name} (the policy)"
+    judge = f"{cfg.reward.model} (reward model, Bradley-Terry)" if cfg.tts.match == "reward_model" else named
+    agentic = {
+        "environment": dataclasses.asdict(cfg.environment),
+        "summarizer": named if cfg.tts.summarizer == "judge" else f"{model_name} (the policy)",
+    }
     return {
         "task": task.name,
         "model": model_name,
         "judge": judge,
         "items": len(items),
         "tts": dataclasses.asdict(cfg.tts),
+        **(agentic if environment else {}),
         "methods": {m: r.summary() for m, r in results.items()},
     }
 
 
 def table(report: dict) -> str:
+    if "environment" in report:
+        chooser = f"environment={report['environment']['name']}, summarizer={report['summarizer']}"
+    else:
+        chooser = f"scorer={report['tts']['scorer']}"
     lines = [
         f"{report['task']}, {report['items']} items, N={report['tts']['n']}, V={report['tts']['votes']}, "
-        f"scorer={report['tts']['scorer']}, judge={report['judge']}",
-        "| method | accuracy (95% CI) | tokens/item | generation tokens | judge tokens | judge calls | unparsed |",
-        "|---|---|---|---|---|---|---|",
+        f"{chooser}, judge={report['judge']}",
+        "| method | accuracy (95% CI) | tokens/item | generation tokens | summary tokens | judge tokens | judge calls "
+        "| unparsed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m, r in report["methods"].items():
         lines.append(
             f"| {m} | {r['accuracy']:.1%} ({r['ci95'][0]:.1%}-{r['ci95'][1]:.1%}) | {r['tokens_per_item']:.0f} | "
-            f"{r['generation_tokens']} | {r['judge_tokens']} | {r['judge_calls']} | {r['judge_failures']} |"
+            f"{r['generation_tokens']} | {r['summary_tokens']} | {r['judge_tokens']} | {r['judge_calls']} | "
+            f"{r['judge_failures']} |"
         )
     return "\n".join(lines)
 
