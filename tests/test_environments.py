@@ -2,13 +2,12 @@
 the loss, demonstrations, and runs (local async, resumed after a kill) whose episodes call the tool."""
 
 import json
-import shutil
 from pathlib import Path
 
 import gymnasium
 import pytest
 import torch
-from test_resume import _untimed
+from test_resume import killed_after_step_4_resumes_to_the_same_run
 
 from relayrl.algorithms.sequences import to_sequences
 from relayrl.config import load_config
@@ -203,16 +202,7 @@ def test_an_async_run_calls_the_tool_and_trains_only_on_its_own_tokens(env_run):
 def test_a_multi_turn_run_killed_after_a_checkpoint_resumes_to_the_same_run(env_run, tmp_path):
     """As if killed right after step 4's checkpoint: the episodes in flight (async) were saved with it, those after
     it are sampled again from the same seeds, and the run ends with the same weights and metrics."""
-    killed = Path(shutil.copytree(env_run, tmp_path / env_run.name))
-    (killed / "checkpoints" / "latest").write_text("step_000004")
-    shutil.rmtree(killed / "checkpoints" / "step_000006")
-    records = read_jsonl(killed / "metrics.jsonl")
-    (killed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
-    (killed / "summary.json").unlink()
-    train(resume=killed, show_progress=False)
-    assert _untimed(killed) == _untimed(env_run)
-    final = Path("checkpoints") / "step_000006" / "model.safetensors"
-    assert (killed / final).read_bytes() == (env_run / final).read_bytes()
+    killed_after_step_4_resumes_to_the_same_run(env_run, tmp_path, logged=4)
 
 
 class Guess(gymnasium.Env):

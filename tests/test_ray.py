@@ -198,6 +198,7 @@ def test_a_ray_run_whose_episodes_run_code_in_the_sandbox_matches_the_local_run(
         "sft.steps": 150,
         "task.arithmetic.max_value": 99,
         "rollout.max_new_tokens": 32,
+        "steps": 3,
     }
     local = train(load_config(None, tiny(tmp_path / "local", mode="sync", **env)), show_progress=False)
     on_ray = _ray_run(tiny, tmp_path, "ray", cluster, mode="sync", **env)

@@ -54,19 +54,25 @@ def test_a_finished_run_resumes_to_a_no_op_and_rewrites_a_lost_report(finished, 
     assert (run_dir / "checkpoints" / "step_000006" / "model.safetensors").read_bytes() == weights
 
 
-def test_records_between_a_checkpoint_and_its_metrics_line_are_replayed(finished, tmp_path):
+def killed_after_step_4_resumes_to_the_same_run(finished: Path, tmp_path: Path, logged: int) -> Path:
+    """A copy of `finished` (6 steps) as if killed right after checkpoint step_000004 was written, with `logged`
+    metrics lines, resumed: it ends with the same metrics and final weights."""
     killed = _copy(finished, tmp_path)
-    # as if killed right after checkpoint step_000004 was written: metrics.jsonl ends at step 3
     (killed / "checkpoints" / "latest").write_text("step_000004")
     shutil.rmtree(killed / "checkpoints" / "step_000006")
     records = read_jsonl(killed / "metrics.jsonl")
-    (killed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    (killed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:logged]))
     (killed / "summary.json").unlink()
     train(resume=killed, show_progress=False)
-    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert _untimed(killed) == _untimed(finished)
     final = "checkpoints/step_000006/model.safetensors"
     assert (killed / final).read_bytes() == (finished / final).read_bytes()
+    return killed
+
+
+def test_records_between_a_checkpoint_and_its_metrics_line_are_replayed(finished, tmp_path):
+    killed = killed_after_step_4_resumes_to_the_same_run(finished, tmp_path, logged=3)  # the step-4 line was lost
+    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
 def _tiny_model():

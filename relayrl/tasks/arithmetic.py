@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from relayrl.schema import check, non_negative, setting
-from relayrl.tasks.base import Item
+from relayrl.tasks.base import Item, ProceduralTask
 
 ANSWER_RE = re.compile(r"#(-?\d+)")
 
@@ -68,7 +68,7 @@ def worked_steps(expr: str) -> tuple[list[str], int]:
     return steps, acc
 
 
-class ArithmeticTask:
+class ArithmeticTask(ProceduralTask):
     stop_strings: tuple[str, ...] = ()
     scorer = staticmethod(score_arithmetic)
     extract = staticmethod(extract_arithmetic)
@@ -77,15 +77,7 @@ class ArithmeticTask:
         check(cfg, "task.arithmetic.")  # also where the config was built in Python: a bad one would never end
         self.cfg = cfg
         self.name = f"arithmetic-{cfg.terms}x{cfg.max_value}"
-        rng = random.Random(f"heldout-{cfg.seed}")
-        self._heldout: list[Item] = []
-        seen: set[str] = set()
-        while len(self._heldout) < cfg.heldout_size:
-            item = self._make(rng)
-            if item.prompt not in seen:
-                seen.add(item.prompt)
-                self._heldout.append(item)
-        self._heldout_prompts = seen
+        super().__init__(cfg.seed, cfg.heldout_size)
 
     def _make(self, rng: random.Random) -> Item:
         nums = [rng.randint(0, self.cfg.max_value) for _ in range(self.cfg.terms)]
@@ -94,13 +86,3 @@ class ArithmeticTask:
         steps, value = worked_steps(expr)
         solution = "\n".join(steps) + f"\n#{value}"
         return Item(prompt=f"Q:{expr}\nA:", answer=str(value), solution=solution, meta={"expression": expr})
-
-    def train_item(self, index: int) -> Item:
-        rng = random.Random(f"train-{self.cfg.seed}-{index}")
-        while True:
-            item = self._make(rng)
-            if item.prompt not in self._heldout_prompts:
-                return item
-
-    def heldout(self) -> list[Item]:
-        return self._heldout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,3 +38,33 @@ class Task(Protocol):
         """Item `index` of the (endless, deterministic) training stream; never a held-out item."""
 
     def heldout(self) -> list[Item]: ...
+
+
+class ProceduralTask:
+    """A task whose items a seeded generator draws (`_make`): `heldout_size` distinct held-out prompts, and a
+    training stream, item `index` drawn from its own seed, that redraws any held-out prompt."""
+
+    def __init__(self, seed: int, heldout_size: int):
+        self.seed = seed
+        rng = random.Random(f"heldout-{seed}")
+        self._heldout: list[Item] = []
+        seen: set[str | tuple[dict, ...]] = set()
+        while len(self._heldout) < heldout_size:
+            item = self._make(rng)
+            if item.prompt not in seen:
+                seen.add(item.prompt)
+                self._heldout.append(item)
+        self._heldout_prompts = seen
+
+    def _make(self, rng: random.Random) -> Item:
+        raise NotImplementedError
+
+    def train_item(self, index: int) -> Item:
+        rng = random.Random(f"train-{self.seed}-{index}")
+        while True:
+            item = self._make(rng)
+            if item.prompt not in self._heldout_prompts:
+                return item
+
+    def heldout(self) -> list[Item]:
+        return self._heldout

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from relayrl.rewards.code_execution import printed
 from relayrl.schema import check, non_negative, setting
-from relayrl.tasks.base import Item
+from relayrl.tasks.base import Item, ProceduralTask
 
 ALLOWED = frozenset("0123456789+-*() ")
 NUMBER_RE = re.compile(r"\d+")
@@ -72,7 +72,7 @@ def _tree(numbers: list[int], rng: random.Random) -> tuple[str, int, int]:
     return f"{left}{op}{right}", a + b if op == "+" else a - b if op == "-" else a * b, p
 
 
-class ExpressionTask:
+class ExpressionTask(ProceduralTask):
     stop_strings: tuple[str, ...] = ("\n",)  # the expression is one line
     scorer = staticmethod(score_expression)
     extract = staticmethod(extract_expression)
@@ -81,28 +81,10 @@ class ExpressionTask:
         check(cfg, "task.expression.")  # also where the config was built in Python: a bad one would never end
         self.cfg = cfg
         self.name = f"expression-{cfg.numbers}x{cfg.max_value}"
-        rng = random.Random(f"heldout-{cfg.seed}")
-        self._heldout: list[Item] = []
-        seen: set[str] = set()
-        while len(self._heldout) < cfg.heldout_size:
-            item = self._make(rng)
-            if item.prompt not in seen:
-                seen.add(item.prompt)
-                self._heldout.append(item)
-        self._heldout_prompts = seen
+        super().__init__(cfg.seed, cfg.heldout_size)
 
     def _make(self, rng: random.Random) -> Item:
         numbers = [rng.randint(0, self.cfg.max_value) for _ in range(self.cfg.numbers)]
         expr, value, _ = _tree(rng.sample(numbers, len(numbers)), rng)
         given = ",".join(map(str, numbers))
         return Item(prompt=f"N:{given} T:{value}\nA:", answer=f"{given}={value}", solution=expr)
-
-    def train_item(self, index: int) -> Item:
-        rng = random.Random(f"train-{self.cfg.seed}-{index}")
-        while True:
-            item = self._make(rng)
-            if item.prompt not in self._heldout_prompts:
-                return item
-
-    def heldout(self) -> list[Item]:
-        return self._heldout
