@@ -196,7 +196,7 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
             "tokens_per_second": metrics["trained_tokens"] / (t2 - t0),
             "gen_share": gen_seconds / (gen_seconds + t2 - t0 - waited),
         }
-        metrics |= message_metrics(fresh) | (episode_metrics(fresh) if run.environment else {})
+        metrics |= message_metrics(fresh) | (episode_metrics(fresh) if cfg.environment.name else {})
         metrics |= generator.stats()  # Ray: reissued prompts, tokens/s per replica
         if cfg.executors == "ray" and fresh:
             metrics[f"replica{fresh[0].replica}_staleness"] = metrics["staleness"]  # a batch has one replica

@@ -93,7 +93,8 @@ def _messages_table(start: dict, end: dict) -> list[str]:
         return "-" if v is None else f"{v:.2f}" if key in ("turns", "tool_calls") else f"{v:.1%}"
 
     rows = [f"| {k} | {cell(k, start.get(k))} | {cell(k, v)} |" for k, v in end.items()]
-    return ["| per message (held-out, greedy) | before RL | after RL |", "|---|---|---|", *rows, ""]
+    title = "tool use" if "tool_calls" in end else "self-correction"
+    return [f"| {title} (held-out, greedy) | before RL | after RL |", "|---|---|---|", *rows, ""]
 
 
 def _ci(interval) -> str:
