@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from common import save, save_plot
@@ -106,6 +108,7 @@ def main() -> None:
     arms = json.loads(saved.read_text())["arms"] if saved.exists() else {}
     for name in args.arms.split(","):
         arms[name] = arm(name, overrides, Path(args.root), args.pass_items, args.pass_n)
+        arms[name]["command"] = shlex.join([".venv/bin/python", *sys.argv])  # arms may come from several invocations
     plot(arms, Path(args.plot))
     result: dict = {}
     if "calculator" in arms:
