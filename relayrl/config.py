@@ -119,11 +119,6 @@ class TTSConfig:
     summarizer: str = choice("policy", "judge")  # who summarizes episodes: the policy, or the judge (reward.judge_*)
     summary_max_tokens: int = positive(128)
 
-    def rules(self) -> Iterator[tuple[str, str]]:
-        width = self.pdr_width or self.n
-        if "pdr" in self.methods and self.pdr_keep > width:
-            yield "pdr_keep", f"must be <= a round's attempts (tts.pdr_width, else tts.n: {width}); got {self.pdr_keep}"
-
 
 @dataclass
 class RolloutConfig:
@@ -193,7 +188,19 @@ class Config:
         uses_scorer = {"best_of_n", "weighted_majority", "pdr"} & set(tts.methods)
         if uses_scorer and tts.scorer == "reward_model" and not r.model:
             yield "reward.model", "tts.scorer=reward_model needs a reward-model folder (relayrl rm train)"
-        if {"tournament", "pdr"} & set(tts.methods) and tts.match == "reward_model" and not r.model:
+        # with an environment `relayrl tts` runs the agentic methods too (RTV and PDR over episodes among them)
+        runs = set(tts.methods) | (set(tts.agentic_methods) if self.environment.name else set())
+        width = tts.pdr_width or tts.n
+        if {"pdr", "pdr_summaries"} & runs and tts.pdr_keep > width:
+            yield (
+                "tts.pdr_keep",
+                f"must be <= a round's attempts (tts.pdr_width, else tts.n: {width}); got {tts.pdr_keep}",
+            )
+        if (
+            {"tournament", "pdr", "rtv_summaries", "pdr_summaries"} & runs
+            and tts.match == "reward_model"
+            and not r.model
+        ):
             yield "reward.model", "tts.match=reward_model needs a reward-model folder (relayrl rm train)"
         if a.drop_zero_advantage and a.kl_coef > 0:
             yield "algorithm.drop_zero_advantage", "with kl_coef > 0 a rollout of advantage 0 still has a KL gradient"

@@ -35,7 +35,6 @@ from relayrl.generation.sampler import Sample, SamplingConfig, draw, encode_prom
 from relayrl.rewards.code_execution import examples_passed, examples_program, solution_code
 from relayrl.rewards.judge import ChatJudge
 from relayrl.sandbox import SandboxPool
-from relayrl.schema import ConfigError
 from relayrl.tasks.base import Item, Task
 from relayrl.tts.evaluate import Cost, Methods, with_context
 from relayrl.tts.pdr import parallel_distill_refine
@@ -80,23 +79,11 @@ def trajectory(tokenizer, episode: Episode, prompt_tokens: int) -> Trajectory:
     return Trajectory(final, transcript, tokens)
 
 
-def check_settings(cfg: Config) -> None:
-    """The checks the config makes for `pdr` and `tournament` (a round's width, the reward model a match needs),
-    made here for their agentic counterparts: which method list runs depends on environment.name."""
-    t, methods = cfg.tts, set(cfg.tts.agentic_methods)
-    width = t.pdr_width or t.n
-    if "pdr_summaries" in methods and t.pdr_keep > width:
-        raise ConfigError(f"tts.pdr_keep: must be <= a round's episodes ({width}); got {t.pdr_keep}", "tts.pdr_keep")
-    if {"rtv_summaries", "pdr_summaries"} & methods and t.match == "reward_model" and not cfg.reward.model:
-        raise ConfigError("reward.model: tts.match=reward_model needs a reward-model folder", "reward.model")
-
-
 class AgenticMethods(Methods):
     """`Methods` over episodes: the same policy, sampler, judges and tournament votes; candidates run in
     `environment`, and the pairwise judge compares summaries."""
 
     def __init__(self, cfg: Config, task: Task, model, tokenizer, environment: Environment, sampler=None):
-        check_settings(cfg)
         super().__init__(cfg, task, model, tokenizer, sampler)
         self.environment = environment
         p = self.pairwise
