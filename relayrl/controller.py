@@ -25,7 +25,7 @@ from relayrl.evaluation import report
 from relayrl.evaluation.metrics import spoc_metrics
 from relayrl.recipes import spoc
 from relayrl.rewards.judge import pair_samples
-from relayrl.rollout import ENVIRONMENT, Rollout, message_wise
+from relayrl.rollout import Rollout, message_wise, replies
 from relayrl.run import Run, new_run_dir, open_run, remove_unstarted
 from relayrl.tracking import Tracker, read_jsonl, restore
 
@@ -90,7 +90,7 @@ def episode_metrics(rollouts: list[Rollout]) -> dict[str, float]:
     """Multi-turn episodes' tool use and limits: replies per episode, and the shares cut by a token or turn limit."""
     n = len(rollouts)
     return {
-        "tool_calls": sum(m.role == ENVIRONMENT for r in rollouts for m in r.messages) / n,
+        "tool_calls": sum(replies(r.messages) for r in rollouts) / n,
         "cut_by_tokens": sum(r.finish_reason == "length" for r in rollouts) / n,
         "cut_by_turns": sum(r.finish_reason == "turns" for r in rollouts) / n,
     }

@@ -55,6 +55,11 @@ class Rollout:
         return [(m.role, self.reward if m.reward is None else m.reward) for m in self.messages]
 
 
+def replies(messages: list[Message]) -> int:
+    """An episode's environment replies: one per tool call answered."""
+    return sum(m.role == ENVIRONMENT for m in messages)
+
+
 def message_wise(rollouts: list[Rollout]) -> bool:
     """Whether a scorer rewarded these rollouts message by message."""
     return any(m.reward is not None for r in rollouts for m in r.messages)

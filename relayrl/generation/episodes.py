@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from relayrl.environments.base import Environment
 from relayrl.generation.sampler import Sample, SamplingConfig
-from relayrl.rollout import ENVIRONMENT, POLICY, Message
+from relayrl.rollout import ENVIRONMENT, POLICY, Message, replies
 from relayrl.tasks.base import Item
 
 SampleFn = Callable[[list[list[int]], SamplingConfig, int], list[Sample]]
@@ -33,7 +33,7 @@ class Episode:
 
     @property
     def tool_calls(self) -> int:
-        return sum(m.role == ENVIRONMENT for m in self.messages)
+        return replies(self.messages)
 
 
 def run_episodes(
