@@ -116,13 +116,15 @@ def _rm_train(args) -> None:
 
 
 def _serve(args) -> None:
+    from relayrl.generation.engines import GenerationConfig
     from relayrl.serving.app import ServeConfig
     from relayrl.serving.server import serve
 
     cfg = ServeConfig(
         args.max_new_tokens, args.timeout, args.max_body_bytes, args.api_key, args.tts_n, args.reward_model
     )
-    serve(args.model, args.host, args.port, cfg, args.max_batch, args.max_kv_tokens, args.threads)
+    generation = GenerationConfig(backend=args.backend, vllm_kv_cache_gb=args.kv_cache_gb)
+    serve(args.model, args.host, args.port, cfg, args.max_batch, args.max_kv_tokens, args.threads, generation)
 
 
 def _plan(args) -> None:
@@ -195,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--tts-n", type=int, default=8, help="N of the majority@N / best_of_n@N names /v1/models lists")
     s.add_argument("--reward-model", help="a reward model folder (relayrl rm train): serves best_of_n@N")
     s.add_argument("--threads", type=int, default=0, help="torch threads for the model (0: every core)")
+    s.add_argument(
+        "--backend", choices=["native", "vllm"], default="native", help="what batches and samples (docs/serving.md)"
+    )
+    s.add_argument("--kv-cache-gb", type=int, default=2, help="--backend vllm on a CPU: its KV cache's GiB")
     s.set_defaults(func=_serve)
     pl = sub.add_parser(
         "plan", help="predict step time and tokens/s of each placement, split and staleness (docs/planning.md)"

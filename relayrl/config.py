@@ -183,6 +183,8 @@ class Config:
         if r.source == "judge" and not (r.judge_url or r.judge_model_path):
             endpoint = "an OpenAI-compatible endpoint URL (or reward.judge_model_path: a judge model run in-process)"
             yield "reward.judge_url", f"reward.source=judge needs {endpoint}"
+        if r.judge_backend != "native" and not r.judge_model_path:
+            yield "reward.judge_backend", "samples a judge run in-process; it needs reward.judge_model_path"
         if r.judge_against == "sample" and r.judge_kind != "pairwise":
             yield "reward.judge_against", "sample compares two samples; it needs reward.judge_kind=pairwise"
         uses_scorer = {"best_of_n", "weighted_majority", "pdr"} & set(tts.methods)

@@ -38,15 +38,16 @@ def tiny():
 
 
 @contextlib.contextmanager
-def _live_server(chat, cfg=None, **engine):
+def _live_server(chat, cfg=None, backend=None, **engine):
     """`relayrl serve`'s app for `chat` (a ChatModel) on a free port of 127.0.0.1, run by uvicorn in a thread of
-    this process; yields its base URL (ending in /v1). `engine`: Engine's max_batch, max_kv_tokens."""
+    this process; yields its base URL (ending in /v1). `backend`: one already built (closed after), else the native
+    Engine with `engine`'s max_batch, max_kv_tokens."""
     import uvicorn
 
     from relayrl.serving.app import ServeConfig, make_app
     from relayrl.serving.engine import Engine
 
-    backend = Engine(chat.model, chat.tokenizer, **engine)
+    backend = backend or Engine(chat.model, chat.tokenizer, **engine)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(make_app(chat, backend, cfg or ServeConfig()), log_level="warning"))

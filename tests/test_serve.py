@@ -35,15 +35,18 @@ TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> str:
-    """tiny-llama (untrained, 256 positions) with a chat template."""
+def chat_model_folder(path: Path) -> str:
+    """tiny-llama (untrained, 256 positions, head size 32) with a chat template, saved in `path`."""
     tokenizer = build_char_tokenizer()
     tokenizer.chat_template = TEMPLATE
-    path = tmp_path_factory.mktemp("served")
     build_tiny_model("tiny-llama", tokenizer, TinySize(), 0).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> str:
+    return chat_model_folder(tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="module")

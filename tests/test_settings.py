@@ -220,3 +220,18 @@ def test_a_hub_id_that_cannot_be_fetched_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"^model\.name_or_path: cannot load nope/model \(hub ids need network\)"):
         load_model_and_tokenizer("nope/model")
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["reward.judge_backend=vllm"], "reward.judge_backend"),  # it samples a judge model run in-process
+        (
+            ["generation.vllm_max_model_len=8192", "generation.vllm_max_num_batched_tokens=4096"],
+            "generation.vllm_max_num",
+        ),
+    ],
+)
+def test_backend_settings_that_cannot_work_together_are_named(overrides, named):
+    with pytest.raises(ConfigError, match=rf"^{named}"):
+        load_config(None, overrides)

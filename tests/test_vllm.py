@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
+import openai
 import pytest
 import torch
+from test_serve import USER, chat_model_folder
 from test_spoc import SPOC_RUN
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -288,3 +290,105 @@ def test_vllm_runs_multi_turn_episodes_whose_replies_stay_out_of_the_gap(tiny, t
     run = _run(tiny, tmp_path, "env", mode="sync", steps=2, eval_every=2, **env, **{"rollout.max_new_tokens": 24})
     records = _records_within_bound(run)
     assert all(r["tool_calls"] > 0.5 and r["mismatch_logprob_abs"] is not None for r in records)
+
+
+# `relayrl serve --backend vllm`, in-process judges and `relayrl tts` on vLLM
+
+
+@pytest.fixture(scope="module")
+def vllm_served(live_server, tmp_path_factory):
+    """test_serve's tiny chat model (head size 32) behind the vLLM backend, and the same model in-process."""
+    from relayrl.generation.chat import ChatModel
+    from relayrl.serving.vllm_backend import VllmBackend
+
+    chat = ChatModel(chat_model_folder(tmp_path_factory.mktemp("served")))
+    backend = VllmBackend(chat.model, chat.tokenizer, GenerationConfig(backend="vllm", vllm_kv_cache_gb=1), 8)
+    with live_server(chat, backend=backend) as url:
+        yield openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60), chat, backend
+
+
+def test_vllm_serve_gives_the_native_greedy_reply_streamed_or_not_cut_at_stops(vllm_served):
+    client, chat, _ = vllm_served
+    reply = client.chat.completions.create(
+        model="m", messages=USER, max_tokens=40, temperature=0, logprobs=True, top_logprobs=3
+    )
+    expected = chat.reply(USER, SamplingConfig(40, 0.0))  # greedy: the same tokens, whatever samples them
+    (choice,) = reply.choices
+    assert choice.message.content == expected.text and choice.finish_reason == expected.finish_reason == "length"
+    assert reply.usage.prompt_tokens == expected.prompt_tokens
+    assert reply.usage.completion_tokens == len(expected.completion_ids)
+    entries = choice.logprobs.content
+    for e in entries:  # greedy: the sampled token is the likeliest
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert e.top_logprobs[0].logprob == e.logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+    prompt = chat.prompt_ids(USER)
+    ids = torch.tensor([prompt + expected.completion_ids])
+    with torch.no_grad():
+        full = chat.model(ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+    model_logprobs = full.gather(-1, ids[0, len(prompt) :, None]).squeeze(-1)
+    # as test_serve's bound: another summation order over ~4 layers x 670 terms of log-probs below log 83 = 4.4
+    torch.testing.assert_close(torch.tensor([e.logprob for e in entries]), model_logprobs, rtol=0, atol=1e-3)
+    text = expected.text
+    stop = text[8:10]
+    for stream in (False, True):
+        cut = client.chat.completions.create(
+            model="m", messages=USER, max_tokens=40, temperature=0, stop=[stop, "never said"], stream=stream
+        )
+        got = (
+            "".join(c.choices[0].delta.content or "" for c in cut if c.choices)
+            if stream
+            else cut.choices[0].message.content
+        )
+        assert got == text[: text.index(stop)]
+
+
+def test_vllm_serve_repeats_seeded_samples_and_drops_a_cancelled_jobs_rows(vllm_served):
+    from relayrl.serving.backend import Job
+
+    client, chat, backend = vllm_served
+
+    def texts(seed: int) -> list[str]:
+        reply = client.chat.completions.create(model="m", messages=USER, max_tokens=16, n=3, seed=seed)
+        return [c.message.content for c in reply.choices]
+
+    first = texts(7)
+    assert len(set(first)) == 3 and texts(7) == first and texts(8) != first
+    updates = []
+
+    def emit(update):  # called from the backend's thread: the job is cancelled before its next step
+        updates.append(update)
+        if len(updates) == 3:
+            job.cancelled.set()
+
+    job = Job([chat.prompt_ids(USER)], 1, 100, 0.0, 1.0, (), None, None, True, emit)
+    backend.submit(job)
+    deadline = time.monotonic() + 30
+    while len(updates) < 3 or backend.stats()["rows"]:
+        assert time.monotonic() < deadline, backend.stats()
+        time.sleep(0.01)
+    assert len(updates) == 3 and all(u.finish_reason is None for u in updates)  # aborted after its third token
+
+
+def test_a_judge_run_in_process_replies_on_vllm_as_on_the_native_sampler(verdict_judge):
+    from relayrl.rewards.judge import PointwiseJudge
+
+    question, response = "Q:12+30\nA:", "42\n#42"
+    native = PointwiseJudge(model_path=verdict_judge, max_tokens=24)
+    vllm_judge = PointwiseJudge(model_path=verdict_judge, max_tokens=24, backend="vllm")
+    assert vllm_judge.ask("Q:1+2") == native.ask("Q:1+2")  # greedy: the same reply and tokens
+    assert vllm_judge.rate(question, response, "42") == native.rate(question, response, "42")
+    assert native.rate(question, response, "42")[0] == (7 - native.low) / (native.high - native.low)  # "Score: 7"
+
+
+def test_tts_on_vllm_reports_what_the_native_sampler_reports_when_greedy(tiny, tmp_path):
+    """Every method's candidates and the policy's judge replies through vLLM: greedy, the same report."""
+    from relayrl.cli import main
+
+    def report(name: str, backend: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        overrides = {**VLLM, "generation.backend": backend, "tts.items": 3, "tts.n": 3, "rollout.temperature": 0}
+        args = tiny(tmp_path / name, **overrides, **{"rollout.max_new_tokens": 8, "reward.judge_max_tokens": 8})
+        main(["tts", *args, "--output", str(out)])
+        return json.loads(out.read_text())["methods"]
+
+    assert report("vllm", "vllm") == report("native", "native")

@@ -15,12 +15,15 @@ from relayrl.models import load_model_and_tokenizer
 
 
 class ChatModel:
-    """Chat replies from a model: loaded from `name_or_path`, or one already loaded (`model`, `tokenizer`)."""
+    """Chat replies from a model: loaded from `name_or_path`, or one already loaded (`model`, `tokenizer`).
+    `sampler` is what samples them: the model itself (the native sampler), or an engine holding its weights
+    (vLLM's, `sampler_for`)."""
 
-    def __init__(self, name_or_path: str, model=None, tokenizer=None):
+    def __init__(self, name_or_path: str, model=None, tokenizer=None, sampler=None):
         self.name = name_or_path
         self.model, self.tokenizer = (model, tokenizer) if model is not None else load_model_and_tokenizer(name_or_path)
         self.model.eval()
+        self.sampler = sampler or self.model
         self.lock = threading.Lock()  # a server's threads and a judge's callers share one model and its cache
 
     def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
@@ -33,5 +36,5 @@ class ChatModel:
         """One reply to `messages` ({role, content} each), sampled with `seed`."""
         ids = self.prompt_ids(messages)
         with self.lock:
-            (reply,) = sample_texts(self.model, self.tokenizer, [ids], sampling, torch.Generator().manual_seed(seed))
+            (reply,) = sample_texts(self.sampler, self.tokenizer, [ids], sampling, torch.Generator().manual_seed(seed))
         return reply

@@ -30,11 +30,19 @@ class GenerationConfig:
     vllm_kv_cache_gb: int = setting(2, gt=0, le=2**14)  # CPU: VLLM_CPU_KVCACHE_SPACE, the KV cache's GiB
     vllm_gpu_memory_utilization: float = setting(0.5, gt=0, le=1)  # GPU (untested here): its share of the device
     vllm_max_model_len: int = non_negative(0)  # prompt + completion tokens; 0: the model's own limit, at most 4096
-    # vLLM's CPU sampler crashes on a seeded request that chunked prefill splits ("CPU Generator does not use
-    # offset"): a budget that holds a whole batch's prompts keeps every prompt in one chunk
+    # tokens per engine step; chunked prefill is off (vLLM's CPU sampler crashes on a seeded request it splits:
+    # "CPU Generator does not use offset"), so a row's whole context must fit in one step
     vllm_max_num_batched_tokens: int = positive(16384)
     vllm_enforce_eager: bool = True  # CUDA graphs (False) pay off on a GPU only
     vllm_dtype: str = choice("float32", "bfloat16", "float16", "auto")  # float32: the trainer's own, for exact mu
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.vllm_max_model_len > self.vllm_max_num_batched_tokens:
+            yield (
+                "vllm_max_num_batched_tokens",
+                f"a prompt is read in one engine step (no chunked prefill): it must be >= vllm_max_model_len"
+                f" ({self.vllm_max_model_len}); got {self.vllm_max_num_batched_tokens}",
+            )
 
 
 class Engine(Protocol):
@@ -94,6 +102,13 @@ def make_engine(
     return NativeEngine(model_config, tokenizer, device)
 
 
+def engine_holding(cfg: GenerationConfig, model, tokenizer: PreTrainedTokenizerBase) -> Engine:
+    """An engine of `cfg.backend` with a loaded model's weights (version 0)."""
+    engine = make_engine(cfg, model.config, tokenizer)
+    engine.load(flatten(model), 0)
+    return engine
+
+
 @contextlib.contextmanager
 def sampler_for(cfg: GenerationConfig, model, tokenizer: PreTrainedTokenizerBase) -> Iterator:
     """What samples from a loaded model outside training (eval, tts, benchmarks): the model itself (the native
@@ -101,9 +116,8 @@ def sampler_for(cfg: GenerationConfig, model, tokenizer: PreTrainedTokenizerBase
     if cfg.backend == "native":
         yield model
         return
-    engine = make_engine(cfg, model.config, tokenizer)
+    engine = engine_holding(cfg, model, tokenizer)
     try:
-        engine.load(flatten(model), 0)
         yield engine
     finally:
         engine.close()

@@ -65,15 +65,19 @@ class VllmEngine:
         )
         model_config.save_pretrained(self.folder.name)
         tokenizer.save_pretrained(self.folder.name)
-        limit = min(getattr(model_config, "max_position_embeddings", 4096), 4096)
+        limit = min(getattr(model_config, "max_position_embeddings", 4096), 4096, cfg.vllm_max_num_batched_tokens)
+        self.max_model_len = cfg.vllm_max_model_len or limit
         set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op
         self.llm = vllm.LLM(
             model=self.folder.name,
             load_format="dummy",
             dtype=cfg.vllm_dtype,
             enforce_eager=cfg.vllm_enforce_eager,
-            max_model_len=cfg.vllm_max_model_len or limit,
+            max_model_len=self.max_model_len,
             max_num_batched_tokens=cfg.vllm_max_num_batched_tokens,
+            # a prompt is read in one step, never split: vLLM's CPU sampler crashes on a seeded request that
+            # chunked prefill splits ("CPU Generator does not use offset", measured)
+            enable_chunked_prefill=False,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             enable_prefix_caching=True,  # a prompt's samples, and SPOC's continuations, share its KV cache
             logprobs_mode="processed_logprobs",  # after the temperature: the policy the tokens were drawn from
@@ -134,7 +138,7 @@ class VllmEngine:
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             max_tokens=max_tokens,
-            seed=(seed * 1_000_003 + row * 1_009 + turn) % 2**63,
+            seed=row_seed(seed, row, turn),
             stop=[*cfg.stop_strings, *triggers],
             stop_token_ids=[self.tokenizer.eos_token_id],
             include_stop_str_in_output=True,  # the tokens that make a stop string are the completion's
@@ -154,6 +158,11 @@ class VllmEngine:
         del self.llm
         gc.collect()
         self.folder.cleanup()
+
+
+def row_seed(seed: int, row: int, turn: int = 0) -> int:
+    """vLLM's seed for one row (and one continuation `turn` of it) of a batch sampled with `seed`."""
+    return (seed * 1_000_003 + row * 1_009 + turn) % 2**63
 
 
 def _parameter_names(model_config: PretrainedConfig) -> list[tuple[str, torch.Size]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from relayrl.generation.chat import ChatModel
+from relayrl.generation.engines import GenerationConfig, engine_holding
 from relayrl.generation.sampler import SamplingConfig
 from relayrl.rewards.verifier import RewardConfig
 from relayrl.rollout import Rollout
@@ -42,9 +43,13 @@ def parse_winner(reply: str) -> int | None:
 
 
 @lru_cache(maxsize=2)
-def local_chat(model_path: str) -> ChatModel:
-    """A judge model loaded once per process (each reward worker loads its own)."""
-    return ChatModel(model_path)
+def local_chat(model_path: str, backend: str = "native") -> ChatModel:
+    """A judge model loaded once per process (each reward worker loads its own), sampled by relayrl's sampler or
+    by a vLLM engine of its own (`backend`), kept for the process's life."""
+    chat = ChatModel(model_path)
+    if backend != "native":
+        chat.sampler = engine_holding(GenerationConfig(backend=backend), chat.model, chat.tokenizer)
+    return chat
 
 
 @dataclass
@@ -55,6 +60,7 @@ class ChatJudge:
     url: str = ""  # e.g. http://127.0.0.1:8000/v1 (the /chat/completions route is appended)
     model: str = "judge"  # the model name sent to the endpoint
     model_path: str = ""  # a local folder, hub id or builtin, run by relayrl in this process
+    backend: str = "native"  # what samples `model_path`'s replies: native | vllm
     max_tokens: int = 256
     temperature: float = 0.0
     timeout: float = 30.0
@@ -65,7 +71,7 @@ class ChatJudge:
         """The judge's reply and the tokens it spent (prompt and completion, as `usage.total_tokens`)."""
         messages = [{"role": "user", "content": content}]
         if not self.url:
-            chat = self.chat or local_chat(self.model_path)
+            chat = self.chat or local_chat(self.model_path, self.backend)
             reply = chat.reply(messages, SamplingConfig(self.max_tokens, self.temperature), seed)
             return reply.text, reply.total_tokens
         body = {
@@ -168,7 +174,11 @@ def make_judge(cfg: RewardConfig, kind: str, **fields) -> PointwiseJudge | Pairw
     """The `kind` (pointwise | pairwise) judge that `reward.judge_*` names; `fields` set the rest (a template,
     a loaded chat model, a sampling temperature)."""
     where = dict(
-        url=cfg.judge_url, model=cfg.judge_model, model_path=cfg.judge_model_path, max_tokens=cfg.judge_max_tokens
+        url=cfg.judge_url,
+        model=cfg.judge_model,
+        model_path=cfg.judge_model_path,
+        backend=cfg.judge_backend,
+        max_tokens=cfg.judge_max_tokens,
     )
     if kind == "pairwise":
         return PairwiseJudge(**where, reference=cfg.judge_reference, both_orders=cfg.judge_both_orders, **fields)

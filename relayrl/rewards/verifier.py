@@ -68,6 +68,7 @@ class RewardConfig:
     judge_url: str = ""  # source=judge: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
     judge_model: str = nonempty("judge")  # the model name sent to that endpoint
     judge_model_path: str = ""  # source=judge, instead of judge_url: a judge model (folder, hub id) run in-process
+    judge_backend: str = choice("native", "vllm")  # what samples judge_model_path's replies (each worker its own)
     judge_kind: str = choice(
         "pointwise", "pairwise"
     )  # pointwise (a score) | pairwise (a preference between two responses)

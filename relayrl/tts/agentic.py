@@ -88,7 +88,7 @@ class AgenticMethods(Methods):
         self.environment = environment
         p = self.pairwise
         if cfg.tts.summarizer == "judge":  # wherever the judge runs (none named: the policy)
-            where = {"url": p.url, "model": p.model, "model_path": p.model_path, "chat": p.chat}
+            where = {"url": p.url, "model": p.model, "model_path": p.model_path, "backend": p.backend, "chat": p.chat}
         else:
             where = {"chat": self.chat}
         self.summarizer = ChatJudge(**where, max_tokens=cfg.tts.summary_max_tokens)

@@ -80,10 +80,10 @@ class Methods:
 
     def __init__(self, cfg: Config, task: Task, model, tokenizer, sampler=None):
         self.cfg, self.task, self.tokenizer = cfg, task, tokenizer
-        self.sampler = sampler or model  # what samples the policy's candidates (sample_texts); judges use the model
+        self.sampler = sampler or model  # what samples the policy's candidates and its replies as a judge
         self.sampling = build.sampling(cfg, task.stop_strings)
         self.gen = torch.Generator()  # seeded per item
-        self.chat = ChatModel("policy", model=model, tokenizer=tokenizer)
+        self.chat = ChatModel("policy", model=model, tokenizer=tokenizer, sampler=self.sampler)
         r = cfg.reward
         where = {} if r.judge_url or r.judge_model_path else {"chat": self.chat}  # no judge named: the policy judges
         self.pairwise: PairwiseJudge = make_judge(r, "pairwise", temperature=cfg.tts.judge_temperature, **where)

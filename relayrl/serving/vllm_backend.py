@@ -1,0 +1,133 @@
+"""The vLLM backend of `relayrl serve` (`--backend vllm`): vLLM's own scheduler batches every request's rows
+(continuous batching, paged attention, prefix caching); one thread here adds the jobs, steps the engine and
+turns what each step gives into the app's `Update`s.
+
+A row is one vLLM request (`n=1`), so each row gets its own seed from the job's (`row_seed`): a seeded request
+repeats its samples whatever else runs. Streamed rows ask for deltas (vLLM holds back text that may still
+become a stop string); the others for the final output only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from relayrl.generation.engines import GenerationConfig, engine_holding
+from relayrl.generation.vllm_engine import row_seed
+from relayrl.serving.backend import Failed, Job, JobRejected, TokenLogprob, Update
+
+
+@dataclass
+class Row:
+    job: Job
+    index: int  # prompt * n + sample, as the job's updates number it
+    tokens: int = 0  # sampled so far
+
+
+class VllmBackend:
+    def __init__(self, model, tokenizer, cfg: GenerationConfig, max_batch: int = 32):
+        self.engine = engine_holding(cfg, model, tokenizer)
+        self.core = self.engine.llm.llm_engine
+        self.context_length, self.max_batch = self.engine.max_model_len, max_batch
+        self.eos = tokenizer.eos_token_id
+        # vLLM's CPU attention plans for the OpenMP thread count of the thread that built the engine, and a new
+        # thread starts with the process's initial count ("Check failed: ... thread_num == thread_num", measured)
+        self._threads = torch.get_num_threads()
+        self._ids = itertools.count()
+        self._waiting: deque[Job] = deque()
+        self._rows: dict[str, Row] = {}  # vLLM request id -> the row it samples
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="relayrl-vllm", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if job.rows > self.max_batch:
+            raise JobRejected("n", f"{job.rows} samples in one request; this server batches {self.max_batch}")
+        with self._wake:
+            self._waiting.append(job)
+            self._wake.notify()
+
+    def stats(self) -> dict[str, int]:
+        return {"rows": len(self._rows), "waiting": len(self._waiting)}
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        for job in self._waiting:
+            job.emit(Failed("the server is shutting down"))
+        self.engine.close()
+
+    def _loop(self) -> None:
+        torch.set_num_threads(self._threads)
+        while True:
+            with self._wake:
+                while not (self._waiting or self._rows or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    return
+                admitted = list(self._waiting)
+                self._waiting.clear()
+            try:
+                for job in admitted:
+                    self._add(job)
+                self._abort([rid for rid, row in self._rows.items() if row.job.cancelled.is_set()])
+                for out in self.core.step():
+                    self._update(out)
+            except Exception as e:  # a failed step fails the jobs in it, not the server
+                for job in {id(r.job): r.job for r in self._rows.values()}.values():
+                    job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
+                self._abort(list(self._rows))
+
+    def _add(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            return
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        for index in range(job.rows):
+            rid = f"{next(self._ids)}"
+            params = SamplingParams(
+                n=1,
+                temperature=job.temperature,
+                top_p=job.top_p,
+                max_tokens=job.max_tokens,
+                seed=None if job.seed is None else row_seed(job.seed, index),
+                stop=list(job.stop),  # the text ends before a stop string, as the native engine's does
+                stop_token_ids=[self.eos],
+                logprobs=job.logprobs,
+                output_kind=RequestOutputKind.DELTA if job.stream else RequestOutputKind.FINAL_ONLY,
+            )
+            self._rows[rid] = Row(job, index)
+            self.core.add_request(rid, TokensPrompt(prompt_token_ids=job.prompts[index // job.n]), params)
+
+    def _abort(self, rids: list[str]) -> None:
+        if rids:
+            self.core.abort_request(rids)
+            for rid in rids:
+                self._rows.pop(rid, None)
+
+    def _update(self, out) -> None:
+        row = self._rows.get(out.request_id)
+        if row is None:  # aborted meanwhile
+            return
+        c, job = out.outputs[0], row.job
+        row.tokens += len(c.token_ids)
+        logprobs = []
+        if job.logprobs is not None:
+            for token, ranked in zip(c.token_ids, c.logprobs or [], strict=True):
+                top = sorted((lp.rank, t, lp.logprob) for t, lp in ranked.items() if lp.rank <= job.logprobs)
+                logprobs.append(TokenLogprob(token, ranked[token].logprob, [(t, lp) for _, t, lp in top]))
+        reason = None
+        if out.finished:
+            reason = "length" if c.finish_reason == "length" else "stop"
+            del self._rows[out.request_id]
+        if c.text or logprobs or reason:
+            job.emit(Update(row.index, c.text, logprobs, reason, row.tokens if reason else 0))
