@@ -176,6 +176,11 @@ class Config:
             yield "rollout.samples_per_prompt", f"{a.advantage} needs >= 2 samples per prompt; got {samples}"
         if self.recipe == "spoc" and samples < 2:
             yield "rollout.samples_per_prompt", f"spoc's message-wise RLOO needs >= 2 samples per prompt; got {samples}"
+        if self.recipe == "spoc" and a.kl_in_reward and a.advantage != "gae":
+            yield (
+                "algorithm.kl_in_reward",
+                "REINFORCE++'s KL returns need a reward per sequence; spoc's are per message",
+            )
         if r.source == "reward_model" and not r.model:
             yield "reward.model", "reward.source=reward_model needs a reward-model folder (relayrl rm train)"
         if r.judge_url and r.judge_model_path:

@@ -42,6 +42,50 @@ def test_reinforce_pp_baseline_subtracts_the_group_mean_first():
     assert torch.equal(advantages.reinforce_pp_baseline(rewards, tokens, 0.0), torch.tensor([[2.0, -2.0], [0, 0]]))
     assert torch.equal(advantages.compute("reinforce_pp_baseline", torch.tensor([[1.0], [0.0]])), torch.zeros(2, 1))
     assert torch.equal(advantages.compute("reinforce_pp_baseline", torch.full((2, 3), 0.5)), torch.zeros(2, 3))
+    # an all-equal group is centred to 0, but the batch's token mean of centred rewards need not be 0: here
+    # (0.5 * 1 - 0.5 * 3) / 8 = -1/8, variance (0.25 + 3 * 0.25) / 8 - 1/64 = 7/64, so it gets (1/8) / (sqrt(7)/8)
+    uneven = advantages.reinforce_pp_baseline(rewards, torch.tensor([[1.0, 3.0], [2.0, 2.0]]), 0.0)
+    assert torch.allclose(uneven[1], torch.full((2,), 1 / math.sqrt(7)))
+
+
+def test_kl_returns_hand_worked_with_prompt_padding_and_a_masked_token():
+    # row 0: a prompt position, two completion tokens (reward 1 on the last), padding; row 1: a masked token (an
+    # environment's reply) between two; the 9s and the 100 are off the mask and never read
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    kl = torch.tensor([[9.0, 1.0, -0.5, 9.0], [-1.0, 100.0, 0.5, 9.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    # row 0 per token r - kl: -1, 1.5, so returns 0.5, 1.5; row 1: 1, 0.5, so returns 1.5, (0), 0.5. Exact: binary
+    returns = advantages.kl_returns(rewards, kl, mask, 1.0)
+    assert torch.equal(returns, torch.tensor([[0.0, 0.5, 1.5, 0.0], [1.5, 0.0, 0.5, 0.0]]))
+    # the coefficient scales the KL alone: 0.5 gives per token -0.5, 1.25 -> 0.75, 1.25
+    assert torch.equal(advantages.kl_returns(rewards, kl, mask, 0.5)[0], torch.tensor([0.0, 0.75, 1.25, 0.0]))
+
+
+def test_reinforce_pp_kl_normalises_over_every_token_of_the_batch_however_split():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    kl = torch.tensor([[9.0, 1.0, -0.5, 9.0], [-1.0, 100.0, 0.5, 9.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    # the returns above, 0.5 1.5 1.5 0.5 over the 4 tokens: mean 1, population std 0.5; exact with eps 0
+    expected = torch.tensor([[0.0, -1.0, 1.0, 0.0], [1.0, 0.0, -1.0, 0.0]])
+    (whole,) = advantages.reinforce_pp_kl([rewards], [kl], [mask], 1.0, eps=0.0)
+    assert torch.equal(whole, expected)
+    # in two parts (micro-batches), the second narrower (padded less): the whole batch's statistics
+    parts = advantages.reinforce_pp_kl(
+        [rewards[:1], rewards[1:, :3]], [kl[:1], kl[1:, :3]], [mask[:1], mask[1:, :3]], 1.0, 0.0
+    )
+    assert torch.equal(parts[0], expected[:1]) and torch.equal(parts[1], expected[1:, :3])
+    # all-equal returns (equal rewards, no KL) have no spread: 0 on every token, exactly
+    flat = advantages.reinforce_pp_kl(
+        [torch.tensor([[0.0, 1.0], [0.0, 1.0]])], [torch.zeros(2, 2)], [torch.ones(2, 2)], 0.1
+    )
+    assert torch.equal(flat[0], torch.zeros(2, 2))
+    # a group of one sample with the baseline: its centred reward is 0, so only the KL to go moves it (returns -0.5
+    # then -0.25; the other row's 1, 1), against the mean and population std over the 4 tokens (eps 1e-6 moves the
+    # result by 1.4e-6 relative to std 0.69: within allclose's rtol)
+    centred = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    (one,) = advantages.reinforce_pp_kl([centred], [torch.tensor([[1.0, 1.0], [0.0, 0.0]])], [torch.ones(2, 2)], 0.25)
+    returns = torch.tensor([[-0.5, -0.25], [1.0, 1.0]])
+    assert torch.allclose(one, (returns - returns.mean()) / returns.std(correction=0))
 
 
 def test_ppo_clip_higher_and_dual_clip_hand_worked():
@@ -325,6 +369,17 @@ def test_ppo_against_the_trainer_with_token_tis_is_aipo():
         (["algorithm.advantage=reinforce_pp_baseline", "rollout.samples_per_prompt=1"], "rollout.samples_per_prompt"),
         (["algorithm.kl_in_reward=true", "algorithm.kl_coef=0.1"], "algorithm.kl_in_reward"),
         (["algorithm.advantage=gae", "algorithm.drop_zero_advantage=true"], "algorithm.drop_zero_advantage"),
+        (["algorithm.advantage=reinforce_pp", "algorithm.kl_in_reward=true"], "algorithm.kl_in_reward"),
+        (
+            [
+                "algorithm.advantage=reinforce_pp",
+                "algorithm.kl_in_reward=true",
+                "algorithm.kl_coef=0.1",
+                "algorithm.drop_zero_advantage=true",
+            ],
+            "algorithm.drop_zero_advantage",
+        ),
+        (["algorithm.value_model=shared"], "algorithm.value_model"),
         (["recipe=spoc", "algorithm.advantage=gae"], "algorithm.advantage"),
     ],
 )
@@ -333,6 +388,15 @@ def test_algorithm_rules_name_the_field(overrides, named):
 
     with pytest.raises(ConfigError, match=rf"^{named}: "):
         load_config(None, overrides)
+
+
+def test_kl_in_reward_for_reinforce_pp_and_a_shared_value_head_are_valid():
+    from relayrl.config import load_config
+
+    for advantage in ("reinforce_pp", "reinforce_pp_baseline"):
+        overrides = [f"algorithm.advantage={advantage}", "algorithm.kl_in_reward=true", "algorithm.kl_coef=0.05"]
+        assert load_config(None, overrides).algorithm.kl_in_reward
+    assert load_config(None, ["algorithm.advantage=gae", "algorithm.value_model=shared"]).algorithm.value_coef == 0.1
 
 
 def test_every_named_algorithm_is_a_valid_config():
@@ -377,6 +441,16 @@ def test_gae_sequences_carry_the_reward_on_the_last_token():
     assert all(s.advantages is None for s in seqs)
 
 
+def test_reinforce_pp_sequences_carry_the_reward_group_centred_for_the_baseline():
+    # prompt 0: rewards 1 and 0; prompt 1: all equal (1 and 1). On the last token, for the trainer's KL-in-reward
+    # returns: as they are, or minus their group's mean (0.5; 1), exact in binary
+    rollouts = [_rollout(0, 0, 1.0, 3), _rollout(0, 1, 0.0, 2), _rollout(1, 0, 1.0, 2), _rollout(1, 1, 1.0, 2)]
+    assert [s.rewards for s in to_sequences(rollouts, "reinforce_pp")] == [[0, 0, 1], [0, 0], [0, 1], [0, 1]]
+    centred = to_sequences(rollouts, "reinforce_pp_baseline")
+    assert [s.rewards for s in centred] == [[0, 0, 0.5], [0, -0.5], [0, 0], [0, 0]]
+    assert all(s.rewards is None for s in to_sequences(rollouts, "grpo"))  # only the trainer's returns read them
+
+
 def _gae_batch(trainer):
     from relayrl.algorithms.sequences import Sequence
 
@@ -392,23 +466,34 @@ def _gae_batch(trainer):
     ]
 
 
-def test_ppo_gae_gradients_equal_a_direct_transcription():
-    """The policy's gradient is -(1/N) sum_t A_t grad log pi_t on policy (behaviour_logprobs=trainer: the ratio
-    is 1), with A from GAE over the critic's values; the critic's is that of (1/N) sum_t (V_t - R_t)^2 / 2."""
-    from relayrl.training.trainer import collate, sequence_logprobs
+def _value_weights(trainer) -> torch.nn.Module:
+    return trainer.critic if trainer.critic is not None else trainer.value_head
 
-    trainer = _tiny_trainer(advantage="gae", loss="ppo", behaviour_logprobs="trainer", gamma=0.9, lam=0.8)
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_ppo_gae_gradients_equal_a_direct_transcription(value_model):
+    """The policy's gradient is -(1/N) sum_t A_t grad log pi_t on policy (behaviour_logprobs=trainer: the ratio
+    is 1), with A from GAE over the values; the value model's is that of (1/N) sum_t (V_t - R_t)^2 / 2. A separate
+    critic's loss is a graph of its own (its parameters are not the policy's: the gradients of the sum); a shared
+    head's is weighed by value_coef in one loss, its values from the policy's own final hidden states."""
+    from relayrl.training.trainer import collate
+
+    algo = {"advantage": "gae", "loss": "ppo", "behaviour_logprobs": "trainer", "gamma": 0.9, "lam": 0.8}
+    trainer = _tiny_trainer(**algo, value_model=value_model, value_coef=0.3)  # a separate critic's is not weighed
     seqs = _gae_batch(trainer)
-    with torch.no_grad():  # the critic starts at 0: give it values to work with
-        trainer.critic.head.weight.normal_(0, 0.5)
+    with torch.no_grad():  # the head starts at 0: give it values to work with (and the backbone a value gradient)
+        (trainer.critic.head if value_model == "separate" else trainer.value_head).weight.normal_(0, 0.5)
+    params = [*trainer.model.parameters(), *_value_weights(trainer).parameters()]
     trainer.accumulate(seqs)
-    ours = [p.grad.clone() for p in [*trainer.model.parameters(), *trainer.critic.parameters()]]
-    trainer.optimizer.zero_grad()
-    trainer.critic_optimizer.zero_grad()
+    ours = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
     batch = collate(seqs, trainer.pad_id, trainer.device)
-    where = batch["mask"] > 0
-    logp = sequence_logprobs(trainer.model, batch["input_ids"], batch["attention_mask"], where, 0.7)
-    values = trainer.critic(batch["input_ids"], batch["attention_mask"], where)
+    ids, attn, where = batch["input_ids"], batch["attention_mask"], batch["mask"] > 0
+    hidden = trainer.model.model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    logp = (trainer.model.lm_head(hidden) / 0.7).log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    shared = value_model == "shared"
+    values = trainer.value_head(hidden).squeeze(-1) if shared else trainer.critic(ids, attn, where)
     n, policy, critic = int(where.sum()), 0.0, 0.0
     for i, s in enumerate(seqs):  # GAE by its recursion, row by row, over the row's completion tokens
         lp, v = logp[i][where[i]], values[i][where[i]]
@@ -419,29 +504,38 @@ def test_ppo_gae_gradients_equal_a_direct_transcription():
             next_v = value
             policy = policy - a * lp[t] / n
             critic = critic + 0.5 * (v[t] - (a + value)) ** 2 / n
-    (policy + critic).backward()
-    theirs = [p.grad for p in [*trainer.model.parameters(), *trainer.critic.parameters()]]
+    (policy + (0.3 if shared else 1.0) * critic).backward()
+    theirs = [p.grad for p in params]
     ours, theirs = torch.cat([g.reshape(-1) for g in ours]), torch.cat([g.reshape(-1) for g in theirs])
     assert ours.abs().max() > 0
-    # the same forward on the same batch; the per-token coefficients (A_t / N, (V_t - R_t) / N) are formed in float32
-    # here in float64 Python: a few roundings, 1e-6 relative, then backpropagated by the same operations; with the
-    # terms of an entry summing to ~1.5 x max |g| (as above), 1e-5 x max |g| holds it with margin
+    # the same weights on the same batch; log-probs by a full log-softmax here, by the chunked gather - logsumexp
+    # there, and the per-token coefficients (A_t / N, coef (V_t - R_t) / N) formed in float32 there, in float64
+    # Python here: a few roundings, ~1e-6 relative, then backpropagated by the same operations; with the terms of
+    # an entry summing to ~1.5 x max |g| (as above), 1e-5 x max |g| holds it with margin
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
 
 
-def test_the_critic_learns_and_resumes_exactly_from_its_state():
-    trainer = _tiny_trainer(advantage="gae", loss="ppo", value_lr=1e-2)
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_the_value_model_learns_and_resumes_exactly_from_its_state(value_model):
+    trainer = _tiny_trainer(advantage="gae", loss="ppo", value_lr=1e-2, value_model=value_model)
     seqs = _gae_batch(trainer)
+    head = trainer.critic.head if value_model == "separate" else trainer.value_head
+    embeddings = trainer.model.get_input_embeddings().weight
+    start = embeddings.detach().clone(), head.weight.detach().clone()
     first = [trainer.step(seqs) for _ in range(4)]
     assert first[-1]["value_loss"] < first[0]["value_loss"] and first[0]["value_seconds"] > 0
+    assert not torch.equal(embeddings, start[0]) and not torch.equal(head.weight, start[1])  # the policy and the head
+    # what generators receive is the policy alone, never the value head
+    assert trainer.weights().numel() == sum(p.numel() for p in trainer.model.parameters())
     state = copy.deepcopy(trainer.state_dict())  # as a checkpoint holds it: not the live optimizer's tensors
-    resumed = _tiny_trainer(advantage="gae", loss="ppo", value_lr=1e-2)
+    resumed = _tiny_trainer(advantage="gae", loss="ppo", value_lr=1e-2, value_model=value_model)
     resumed.model.load_state_dict(trainer.model.state_dict())
     resumed.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(trainer.critic.parameters(), resumed.critic.parameters(), strict=True))
+    values, again_values = _value_weights(trainer), _value_weights(resumed)
+    assert all(torch.equal(a, b) for a, b in zip(values.parameters(), again_values.parameters(), strict=True))
     after, again = trainer.step(seqs), resumed.step(seqs)
     # the same weights, optimizer moments and batch: the same float operations, bit for bit
     assert after["value_loss"] == again["value_loss"] and after["loss"] == again["loss"]
-    for model in ("model", "critic"):
-        pairs = zip(getattr(trainer, model).parameters(), getattr(resumed, model).parameters(), strict=True)
-        assert all(torch.equal(a, b) for a, b in pairs), model
+    for get in (lambda t: t.model, _value_weights):
+        pairs = zip(get(trainer).parameters(), get(resumed).parameters(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)

@@ -35,10 +35,10 @@ def _batch() -> list[Sequence]:
     return seqs
 
 
-def _trainer(aggregation: str, parallel: str = "ddp", share_prompts: bool = True) -> Trainer:
+def _trainer(aggregation: str, parallel: str = "ddp", share_prompts: bool = True, **algo) -> Trainer:
     model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
     ref = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=1)[0]
-    algo = AlgorithmConfig(kl_coef=0.1, aggregation=aggregation)
+    algo = AlgorithmConfig(kl_coef=0.1, aggregation=aggregation, **algo)
     optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0, share_prompts=share_prompts)
     return Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, ref_model=ref, parallel=parallel)
 
@@ -47,15 +47,28 @@ def _grads(trainer: Trainer, module: torch.nn.Module | None = None) -> torch.Ten
     return torch.cat([whole(p.grad).reshape(-1) for p in (module or trainer.model).parameters()])
 
 
-def _critic_trainer(parallel: str, share_prompts: bool = True) -> Trainer:
-    """PPO with GAE: a critic beside the policy, each completion rewarded on its last token (`_critic_batch`)."""
+def _critic_trainer(parallel: str, share_prompts: bool = True, value_model: str = "separate") -> Trainer:
+    """PPO with GAE: a critic beside the policy or a head on its backbone, each completion rewarded on its last token
+    (`_critic_batch`)."""
     model, tok = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=0)
     optim = OptimConfig(micro_batch_tokens=20, warmup_steps=0, share_prompts=share_prompts)
-    algo = AlgorithmConfig(advantage="gae", loss="ppo")
+    algo = AlgorithmConfig(advantage="gae", loss="ppo", value_model=value_model)
     trainer = Trainer(model, optim, algo, tok.pad_token_id, temperature=0.7, parallel=parallel)
     with torch.no_grad():  # its head starts at 0, which leaves the backbone without a gradient: give it one
-        trainer.critic.head.weight.fill_(0.1)
+        (trainer.critic.head if trainer.critic is not None else trainer.value_head).weight.fill_(0.1)
     return trainer
+
+
+VALUE_MODELS = ("separate", "shared")
+
+
+def _valued(trainer: Trainer) -> torch.nn.Module:
+    """What the value loss trains: the critic, or the policy with its shared head."""
+    return trainer.critic if trainer.critic is not None else trainer.logprobs
+
+
+def _value_weights(trainer: Trainer, state: dict) -> dict:
+    return state["critic"]["weights"] if trainer.critic is not None else state["value_head"]
 
 
 def _critic_batch() -> list[Sequence]:
@@ -95,10 +108,24 @@ def _rank(rank: int, world: int, address: str, out: str, aggregation: str, paral
     step = trainer.step(_batch()[rank::world])
     result = {"metrics": metrics, "grads": grads, "step": step, "weights": trainer.weights()}
     result["state"] = trainer.state_dict()  # FSDP2: gathered whole, keyed by name
-    if aggregation == "token":  # PPO's critic, data-parallel beside its policy
-        critic = _critic_trainer(parallel)
-        metrics = critic.accumulate(_critic_batch()[rank::world])
-        result["critic"] = metrics, _grads(critic, critic.critic), critic.state_dict()["critic"]["weights"]
+    if aggregation == "token":  # PPO's value model, data-parallel beside its policy or on its backbone
+        critics = {value_model: _critic_trainer(parallel, value_model=value_model) for value_model in VALUE_MODELS}
+        for value_model, critic in critics.items():
+            metrics = critic.accumulate(_critic_batch()[rank::world])
+            grads = _grads(critic, _valued(critic))
+            result[value_model] = metrics, grads, _value_weights(critic, critic.state_dict())
+        # the shared head resumed from its gathered state, optimizer included: the same head on every rank
+        shared = critics["shared"]
+        shared.optimizer.zero_grad()
+        shared.step(_critic_batch()[rank::world])
+        resumed = _critic_trainer(parallel, value_model="shared")
+        state = [shared.state_dict()]
+        dist.broadcast_object_list(state, src=0)  # a checkpoint is rank 0's: FSDP2 gathers the optimizer's there alone
+        resumed.load_state_dict(state[0])
+        result["resumed_head"] = flatten(resumed.value_head), flatten(shared.value_head)
+        # REINFORCE++ with the KL in the reward: its advantages normalised over both ranks' tokens
+        reinforce_pp = _trainer("token", parallel, advantage="reinforce_pp", loss="ppo", kl_in_reward=True)
+        result["reinforce_pp"] = reinforce_pp.accumulate(_critic_batch()[rank::world]), _grads(reinforce_pp)
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.barrier()  # rank 0 holds the rendezvous store: it leaves last
     dist.destroy_process_group()
@@ -146,20 +173,37 @@ def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parall
             ulp = torch.nextafter(big, torch.full_like(big, float("inf"))) - big
             excess = (got["weights"] - want).abs() - atol - ulp
             assert excess.max() <= 0, f"weight {int(excess.argmax())} off by {float(excess.max())} beyond the bound"
-        if aggregation == "token":  # the critic's gradients and value loss, as the policy's above
-            critic = _critic_trainer(parallel, share_prompts=parallel != "fsdp2")
-            expected = critic.accumulate(_critic_batch())
-            critic_grads = _grads(critic, critic.critic)
+        if aggregation == "token":  # the value model's gradients and value loss, as the policy's above
+            for value_model in VALUE_MODELS:
+                critic = _critic_trainer(parallel, share_prompts=parallel != "fsdp2", value_model=value_model)
+                expected = critic.accumulate(_critic_batch())
+                critic_grads = _grads(critic, _valued(critic))
+                for rank in range(2):
+                    metrics, grads_, weights = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)[value_model]
+                    if rank == 0:  # gathered whole to rank 0 (FSDP2) before any update: the one-rank weights
+                        assert all(
+                            torch.equal(weights[k], v) for k, v in _value_weights(critic, critic.state_dict()).items()
+                        )
+                    # a token mean of (V - R)^2 / 2 >= 0: reordering its sum moves it by <= n * U relative
+                    assert metrics["value_loss"] == pytest.approx(expected["value_loss"], rel=n * U)
+                    # a copy of the policy's backbone, or the policy itself (its loss and 0.1 x the value loss), run
+                    # on the same tokens: the policy's bound above
+                    torch.testing.assert_close(
+                        grads_, critic_grads, rtol=0, atol=1.2 * n * U * float(critic_grads.abs().max())
+                    )
+            reinforce_pp = _trainer(
+                "token", share_prompts=parallel != "fsdp2", advantage="reinforce_pp", loss="ppo", kl_in_reward=True
+            )
+            expected, rpp_grads = reinforce_pp.accumulate(_critic_batch()), _grads(reinforce_pp)
             for rank in range(2):
-                metrics, grads_, weights = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)["critic"]
-                if rank == 0:  # gathered whole to rank 0 (FSDP2) before any update: the one-rank critic's weights
-                    assert all(torch.equal(weights[k], v) for k, v in critic.critic.state_dict().items())
-                # a token mean of (V - R)^2 / 2 >= 0: reordering its sum moves it by <= n * U relative
-                assert metrics["value_loss"] == pytest.approx(expected["value_loss"], rel=n * U)
-                # the critic is a copy of the policy's backbone run on the same tokens: the policy's bound above
-                torch.testing.assert_close(
-                    grads_, critic_grads, rtol=0, atol=1.2 * n * U * float(critic_grads.abs().max())
-                )
+                got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+                resumed, trained = got["resumed_head"]
+                assert torch.equal(resumed, trained)  # whole tensors copied into shards: bits
+                metrics, grads_ = got["reinforce_pp"]
+                assert metrics["kl_mean"] == pytest.approx(expected["kl_mean"], abs=1e-6)  # as the policy's above
+                # each token's advantage from statistics over both ranks' tokens (float64, then rounded to float32:
+                # a few ulp of its ~2 size, inside the n * U per entry of the policy's bound above)
+                torch.testing.assert_close(grads_, rpp_grads, rtol=0, atol=1.2 * n * U * float(rpp_grads.abs().max()))
         if parallel == "fsdp2":  # the gathered optimizer state is the one-rank state, by parameter name
             state = torch.load(tmp_path / "rank0.pt", weights_only=False)["state"]["optimizer"]["state"]
             names = [n.removeprefix("model.") for n in state]

@@ -230,8 +230,17 @@ def test_a_hub_id_that_cannot_be_fetched_is_one_line(monkeypatch):
             ["generation.vllm_max_model_len=8192", "generation.vllm_max_num_batched_tokens=4096"],
             "generation.vllm_max_num",
         ),
+        (  # REINFORCE++'s KL returns need a reward per sequence; spoc's are per message
+            [
+                "recipe=spoc",
+                "algorithm.advantage=reinforce_pp",
+                "algorithm.kl_coef=0.01",
+                "algorithm.kl_in_reward=true",
+            ],
+            "algorithm.kl_in_reward",
+        ),
     ],
 )
-def test_backend_settings_that_cannot_work_together_are_named(overrides, named):
+def test_settings_that_cannot_work_together_are_named(overrides, named):
     with pytest.raises(ConfigError, match=rf"^{named}"):
         load_config(None, overrides)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -41,16 +43,59 @@ def reinforce_pp(rewards: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-6)
 
 def reinforce_pp_baseline(rewards: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """REINFORCE++ with a baseline: r - group mean (which removes each prompt's difficulty), then normalised over
-    the batch as `reinforce_pp`. A group of one sample, or of equal rewards, gives 0."""
-    return _batch_normalised(grpo(rewards, scale=False), tokens, eps)
+    the batch as `reinforce_pp`. A group of one sample, or of equal rewards, is centred to 0: its advantage is
+    -mean/std of the batch's centred rewards over its tokens: 0 when each group's samples are of one length."""
+    return _batch_normalised(dr_grpo(rewards), tokens, eps)
 
 
 def _batch_normalised(values: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor:
-    weights = weights.to(values.dtype) if weights.sum() > 0 else torch.ones_like(values)  # every sample empty
-    w = weights / weights.sum()
-    mean = (w * values).sum()
-    std = (w * (values - mean) ** 2).sum().sqrt()
+    mean, std = token_statistics(values, weights)
     return (values - mean) / (std + eps)
+
+
+def _whole(sums: list[float]) -> list[float]:
+    """The batch's sums as they are: all of it is here."""
+    return sums
+
+
+def token_statistics(
+    values: torch.Tensor, weights: torch.Tensor, total: Callable[[list[float]], list[float]] = _whole
+) -> tuple[float, float]:
+    """The `weights`-weighted mean and population std of `values` (in float64: a batch's tokens are many). `total`
+    sums partial sums over wherever the rest of the batch is (the data-parallel ranks)."""
+    values, weights = values.double(), weights.double()
+    count, total_sum = total([float(weights.sum()), float((weights * values).sum())])
+    if count == 0:  # no token in the batch: nothing is weighed, any statistics do
+        return 0.0, 0.0
+    mean = total_sum / count
+    (squares,) = total([float((weights * (values - mean) ** 2).sum())])
+    return mean, math.sqrt(squares / count)
+
+
+def kl_returns(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token returns with a KL penalty in every token's reward, undiscounted: at token t, the sum over the
+    tokens s >= t that `mask` keeps of rewards_s - kl_coef kl_s (the reward to go, less the KL to go); 0 off the
+    mask. (B, T) tensors."""
+    return ((rewards - kl_coef * kl) * mask).flip(-1).cumsum(-1).flip(-1) * mask
+
+
+def reinforce_pp_kl(
+    rewards: list[torch.Tensor],
+    kl: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    kl_coef: float,
+    eps: float = 1e-6,
+    total: Callable[[list[float]], list[float]] = _whole,
+) -> list[torch.Tensor]:
+    """REINFORCE++ with the KL penalty in the reward (Hu et al. 2025, as OpenRLHF): the sequence's reward on its last
+    token (group-centred first for the baseline variant), -kl_coef kl_t on every token (kl_t = log mu_t - log ref_t,
+    the sampler's log-prob against the reference's), `kl_returns` of them, normalised over every token of the batch
+    (mean, population std). The batch comes in parts, (B, T) each (micro-batches), and `total` adds the parts held
+    elsewhere (ranks), so the statistics are the whole batch's however it is split."""
+    returns = [kl_returns(r, k, m, kl_coef) for r, k, m in zip(rewards, kl, masks, strict=True)]
+    flat = torch.cat([r.flatten() for r in returns]), torch.cat([m.flatten() for m in masks])
+    mean, std = token_statistics(*flat, total)
+    return [(r - mean) / (std + eps) * m for r, m in zip(returns, masks, strict=True)]
 
 
 def gae(

@@ -21,7 +21,9 @@ class Sequence:
     advantages: list[float] | None = None  # one per completion token
     loss_mask: list[float] | None = None  # 1 where a completion token counts; None = all
     staleness: int = 0  # versions between the policy that sampled it and the one trained on it
-    rewards: list[float] | None = None  # per completion token, for a critic (advantage=gae) to turn into advantages
+    # per completion token (the reward on the last), for the trainer to turn into advantages: a critic's (gae), or
+    # REINFORCE++'s with the KL in the reward (kl_in_reward; group-centred for reinforce_pp_baseline)
+    rewards: list[float] | None = None
 
 
 def to_sequences(
@@ -42,9 +44,9 @@ def to_sequences(
     sequence's staleness is counted from (None: 0).
     """
     if estimator == "gae":  # the trainer's critic turns each rollout's reward, on its last token, into advantages
-        pairs = [(r, None, [0.0] * (len(r.completion_ids) - 1) + [_shaped(r, overlong)]) for r in rollouts]
+        pairs = [(r, None, _on_last(r, _shaped(r, overlong))) for r in rollouts]
     else:
-        pairs = [(r, adv, None) for r, adv in _advantages(rollouts, estimator, verify_baseline, overlong)]
+        pairs = _advantages(rollouts, estimator, verify_baseline, overlong)
     seqs = [
         (r, Sequence(r.prompt_ids, r.completion_ids, r.logprobs, adv, r.loss_mask(), _staleness(r, version), rw))
         for r, adv, rw in pairs
@@ -56,7 +58,8 @@ def to_sequences(
 
 def _advantages(
     rollouts: list[Rollout], estimator: str, verify_baseline: str, overlong: Overlong | None
-) -> list[tuple[Rollout, list[float]]]:
+) -> list[tuple[Rollout, list[float], list[float] | None]]:
+    """Each rollout's per-token advantages, and for REINFORCE++ its per-token rewards (`Sequence.rewards`)."""
     by_prompt = groups(rollouts)
     if not by_prompt:
         return []
@@ -65,14 +68,21 @@ def _advantages(
     if message_wise(rollouts):
         pools = [advantages.message_rloo([r.message_rewards() for r in g], 1e-6, verify_baseline) for g in complete]
         return [
-            (r, _spread(r, adv))
+            (r, _spread(r, adv), None)
             for g, group_advantages in zip(complete, pools, strict=True)
             for r, adv in zip(g, group_advantages, strict=True)
         ]
     rewards = torch.tensor([[_shaped(r, overlong) for r in g] for g in complete], dtype=torch.float64)
     tokens = torch.tensor([[len(r.completion_ids) for r in g] for g in complete], dtype=torch.float64)
     adv = advantages.compute(estimator, rewards, tokens)
-    return [(r, [float(adv[i, j])] * len(r.completion_ids)) for i, g in enumerate(complete) for j, r in enumerate(g)]
+    # REINFORCE++'s rewards (group-centred with the baseline): with kl_in_reward the trainer makes per-token returns
+    reinforce_pp = estimator in advantages.TOKEN_WEIGHTED
+    base = advantages.dr_grpo(rewards) if estimator == "reinforce_pp_baseline" else rewards
+    return [
+        (r, [float(adv[i, j])] * len(r.completion_ids), _on_last(r, float(base[i, j])) if reinforce_pp else None)
+        for i, g in enumerate(complete)
+        for j, r in enumerate(g)
+    ]
 
 
 def _staleness(r: Rollout, version: int | None) -> int:
@@ -83,6 +93,10 @@ def _shaped(r: Rollout, overlong: Overlong | None) -> float:
     if overlong is None:
         return r.reward
     return r.reward + overlong_penalty(len(r.completion_ids), overlong.max_tokens, overlong.buffer, overlong.factor)
+
+
+def _on_last(r: Rollout, reward: float) -> list[float]:
+    return [0.0] * (len(r.completion_ids) - 1) + [reward] if r.completion_ids else []
 
 
 def _spread(r: Rollout, message_advantages: list[float]) -> list[float]:

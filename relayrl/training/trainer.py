@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
@@ -31,7 +32,7 @@ from transformers import PreTrainedModel
 from relayrl.adapters import adapters_off, causal_lm, is_adapted, trained_parameters
 from relayrl.algorithms import advantages, losses
 from relayrl.algorithms.sequences import Sequence
-from relayrl.executors.weights import flatten, load_flat
+from relayrl.executors.weights import flatten, load_flat, whole
 from relayrl.generation.sampler import distinct
 from relayrl.hf_compat import CACHE, cache_of
 from relayrl.schema import choice, non_negative, positive, setting
@@ -52,6 +53,9 @@ class OptimConfig:
     max_nonfinite_steps: int = positive(3)
 
 
+PER_TOKEN_RETURNS = ("gae", "reinforce_pp", "reinforce_pp_baseline")  # the advantages kl_in_reward can go into
+
+
 @dataclass
 class AlgorithmConfig:
     """An algorithm is an advantage estimator, a policy loss and an aggregation (docs/algorithms.md names the
@@ -59,12 +63,20 @@ class AlgorithmConfig:
 
     # grpo: (r - group mean) / group std; dr_grpo: without the std; rloo: leave-one-out; reinforce: r - batch mean;
     # reinforce_pp: r normalised over the batch; reinforce_pp_baseline: r - group mean, then normalised over the batch;
-    # gae: PPO's learned critic (a copy of the policy's backbone, its own head and AdamW) and GAE over the tokens
+    # gae: PPO's learned value model and GAE over the tokens
     advantage: str = choice("grpo", "rloo", "reinforce", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline", "gae")
     gamma: float = setting(1.0, ge=0, le=1)  # gae: the discount per token
     lam: float = setting(0.95, ge=0, le=1)  # gae: lambda, from the one-step TD error (0) to the Monte-Carlo return (1)
-    value_lr: float = non_negative(0.0)  # gae: the critic's learning rate; 0: optim.lr
-    kl_in_reward: bool = False  # gae: the kl_coef penalty goes into every token's reward (InstructGPT), not the loss
+    # gae: separate (a copy of the policy's backbone with a head, its own AdamW and backward) or shared (a head on
+    # the policy's own final hidden states, trained in the policy's loss and optimizer)
+    value_model: str = choice("separate", "shared")
+    # shared: the value loss's weight beside the policy's; 0.1 as TRL's PPO with its value head (vf_coef), not the 0.5
+    # of small networks trained from scratch: the regression pulls on the features the policy samples from
+    value_coef: float = positive(0.1)
+    value_lr: float = non_negative(0.0)  # gae: the critic's (shared: the head's) learning rate; 0: optim.lr
+    # gae (InstructGPT), reinforce_pp and reinforce_pp_baseline (REINFORCE++): the kl_coef penalty goes into every
+    # token's reward, not the loss
+    kl_in_reward: bool = False
     # aipo: min(pi/mu, rho) A log pi; ppo: clipped ratio; gspo: clipped sequence ratio; cispo: clipped weight
     loss: str = choice("aipo", "ppo", "gspo", "cispo")
     rho: float = positive(4.0)  # AIPO truncation of pi/mu
@@ -103,10 +115,19 @@ class AlgorithmConfig:
             yield "dual_clip", f"dual-clip bounds PPO's clipped ratio; it needs loss=ppo (got {self.loss})"
         if self.dual_clip and self.dual_clip <= 1:
             yield "dual_clip", f"must be > 1 (the floor is c A, below the clipped surrogate); got {self.dual_clip}"
-        if self.kl_in_reward and (self.advantage != "gae" or self.kl_coef == 0):
-            yield "kl_in_reward", "puts kl_coef's penalty in a critic's rewards: it needs advantage=gae, kl_coef > 0"
-        if self.drop_zero_advantage and self.advantage == "gae":
-            yield "drop_zero_advantage", "a critic's advantages are not 0 for a group all right or all wrong"
+        if self.kl_in_reward and (self.advantage not in PER_TOKEN_RETURNS or self.kl_coef == 0):
+            yield (
+                "kl_in_reward",
+                "puts kl_coef's penalty in per-token returns: it needs advantage=gae, reinforce_pp or"
+                f" reinforce_pp_baseline (got {self.advantage}), and kl_coef > 0",
+            )
+        if self.drop_zero_advantage and (self.advantage == "gae" or self.kl_in_reward):
+            yield (
+                "drop_zero_advantage",
+                "a critic's or a KL penalty's advantages are not 0 for a group all right or wrong",
+            )
+        if self.value_model == "shared" and self.advantage != "gae":
+            yield "value_model", f"a value head serves GAE: it needs advantage=gae (got {self.advantage})"
         if self.correction != "none" and self.behaviour_logprobs != "trainer":
             yield (
                 "correction",
@@ -154,6 +175,21 @@ def sequence_logprobs(
 
     `prefix` (`collate(share_prompts=True)`): the rows continue these prefixes, each run once and its KV cache
     handed to every row that continues it (the gradient flows back through the cache to the shared tokens)."""
+    return policy_outputs(model, input_ids, attention_mask, where, temperature, chunk, prefix)[0]
+
+
+def policy_outputs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    where: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = 1024,
+    prefix: dict[str, torch.Tensor] | None = None,
+    value_head: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`sequence_logprobs`, and with `value_head` the values it gives from the same final hidden states (PPO's value
+    head on the policy's backbone), at the same positions."""
     model = causal_lm(model)
     hidden = hidden_states(model.base_model, input_ids, attention_mask, prefix)
     hidden, targets = hidden[:, :-1][where], input_ids[:, 1:][where]
@@ -168,9 +204,25 @@ def sequence_logprobs(
         else _token_logprobs(head, hidden[i : i + chunk], targets[i : i + chunk], temperature)
         for i in range(0, hidden.shape[0], chunk)
     ]
-    out = torch.zeros(where.shape, dtype=torch.float32, device=input_ids.device)
-    out[where] = torch.cat(parts) if parts else out[where]
+    logp = _placed(torch.cat(parts) if parts else hidden.new_zeros(0), where)
+    return logp, None if value_head is None else _placed(value_head(hidden).squeeze(-1), where)
+
+
+def _placed(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Per-position `values` (float32) at the positions `where`, zeros elsewhere."""
+    out = torch.zeros(where.shape, dtype=torch.float32, device=where.device)
+    out[where] = values.float()
     return out
+
+
+def _value_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """hidden state -> value, in the model's dtype and device; zeros at the start, so the first advantages are the
+    returns."""
+    weight = next(model.parameters())
+    head = torch.nn.Linear(model.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
 
 
 def shareable(seqs: list[Sequence]) -> bool:
@@ -299,14 +351,21 @@ FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 class TokenLogprobs(torch.nn.Module):
-    """The model as data parallelism sees it: forward = log-probabilities of the tokens that count."""
+    """The model as data parallelism sees it: forward = log-probabilities of the tokens that count, and with a
+    shared value head its values (None without), so that DDP and FSDP2 reduce the head's gradients with the model's.
+    The head is not part of `model`: generators never receive it."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, value_head: bool = False):
         super().__init__()
         self.model = model
+        self.value_head = _value_head(model) if value_head else None
 
-    def forward(self, input_ids, attention_mask, where, temperature: float, prefix=None) -> torch.Tensor:
-        return sequence_logprobs(self.model, input_ids, attention_mask, where, temperature, prefix=prefix)
+    def forward(
+        self, input_ids, attention_mask, where, temperature: float, prefix=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return policy_outputs(
+            self.model, input_ids, attention_mask, where, temperature, prefix=prefix, value_head=self.value_head
+        )
 
 
 class ValueModel(torch.nn.Module):
@@ -317,16 +376,11 @@ class ValueModel(torch.nn.Module):
     def __init__(self, policy: PreTrainedModel):
         super().__init__()
         self.backbone = copy.deepcopy(causal_lm(policy).base_model)  # with LoRA: adapters of its own to train
-        weight = next(policy.parameters())
-        self.head = torch.nn.Linear(policy.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
+        self.head = _value_head(policy)
 
     def forward(self, input_ids, attention_mask, where, prefix=None) -> torch.Tensor:
         hidden = hidden_states(self.backbone, input_ids, attention_mask, prefix)[:, :-1][where]
-        out = torch.zeros(where.shape, dtype=torch.float32, device=input_ids.device)
-        out[where] = self.head(hidden).squeeze(-1).float()
-        return out
+        return _placed(self.head(hidden).squeeze(-1), where)
 
 
 def _world() -> int:
@@ -369,15 +423,22 @@ class Trainer:
         self.offload_optimizer = offload and parallel != "fsdp2"  # FSDP2 offloads through its policy
         self.sharded = _world() > 1 and parallel == "fsdp2"
         self.offload_policy = CPUOffloadPolicy() if offload else OffloadPolicy()  # offload: shards in host memory
-        # PPO with GAE: a critic copied from the policy before either is sharded, with an optimizer of its own
-        self.critic = ValueModel(model) if algo.advantage == "gae" else None
-        self.logprobs = self._distributed(TokenLogprobs(model), model)
+        # PPO with GAE: a critic copied from the policy before either is sharded, with an optimizer of its own; or a
+        # value head on the policy's backbone, inside the module data parallelism wraps, in the policy's optimizer
+        shared = algo.advantage == "gae" and algo.value_model == "shared"
+        value_lr = algo.value_lr or optim.lr
+        self.critic = ValueModel(model) if algo.advantage == "gae" and not shared else None
+        policy = TokenLogprobs(model, value_head=shared)
+        self.value_head = policy.value_head
+        self.logprobs = self._distributed(policy, model)
         self.values = self._distributed(self.critic, model) if self.critic is not None else None
-        self.optimizer, self.scheduler = self._adamw(trained_parameters(model), optim.lr)
+        groups = [{"params": trained_parameters(model)}]
+        if self.value_head is not None:
+            groups.append({"params": list(self.value_head.parameters()), "lr": value_lr})
+        self.optimizer, self.scheduler = self._adamw(groups, optim.lr)
         if self.critic is not None:
-            critic_lr = algo.value_lr or optim.lr
             critic_params = [p for p in self.critic.parameters() if p.requires_grad]
-            self.critic_optimizer, self.critic_scheduler = self._adamw(critic_params, critic_lr)
+            self.critic_optimizer, self.critic_scheduler = self._adamw(critic_params, value_lr)
 
     def _distributed(self, module: torch.nn.Module, model: PreTrainedModel) -> torch.nn.Module:
         """`module` as data parallelism runs it: FSDP2 makes each decoder layer a unit and the rest (embeddings,
@@ -411,11 +472,14 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """FSDP2: the whole optimizer state, gathered and keyed by parameter name, so any K can resume it. With a
-        critic: its weights, optimizer and schedule too (it is not part of the checkpoint's model folder)."""
+        critic: its weights, optimizer and schedule too; with a shared value head: its weights (its moments are in
+        the policy's optimizer). Neither is part of the checkpoint's model folder."""
         state = {
             "optimizer": self._optimizer_state(self.logprobs, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
         }
+        if self.value_head is not None:  # gathered whole under FSDP2 (a collective: every rank calls state_dict)
+            state["value_head"] = {k: whole(v).detach().cpu().clone() for k, v in self.value_head.state_dict().items()}
         if self.critic is not None:
             sharded = self.sharded
             weights = get_model_state_dict(self.values, options=FULL_STATE) if sharded else self.critic.state_dict()
@@ -437,6 +501,11 @@ class Trainer:
                 self.critic.load_state_dict(critic["weights"])
             self._load_optimizer_state(self.values, self.critic_optimizer, critic["optimizer"])
             self.critic_scheduler.load_state_dict(critic["scheduler"])
+        if self.value_head is not None and "value_head" in state:
+            with torch.no_grad():  # each whole tensor sharded as its parameter is (FSDP2)
+                for name, p in self.value_head.named_parameters():
+                    w = state["value_head"][name].to(p.device)
+                    p.copy_(distribute_tensor(w, p.device_mesh, p.placements) if isinstance(p, DTensor) else w)
 
     def _optimizer_state(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         if self.sharded:
@@ -452,9 +521,9 @@ class Trainer:
     def _token_loss(
         self, batch: dict[str, torch.Tensor], supervised: bool
     ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
-        """Per-token policy loss, statistics, and with a critic its per-token value loss."""
+        """Per-token policy loss, statistics, and with GAE the per-token value loss."""
         where = batch["mask"] > 0
-        logp = self.logprobs(
+        logp, values = self.logprobs(  # values: the shared value head's (None without one)
             batch["input_ids"],
             batch["attention_mask"],
             where,
@@ -464,20 +533,11 @@ class Trainer:
         if supervised:
             return -logp, {}, None
         a, mask, mu, adv = self.algo, batch["mask"], batch["mu"], batch["adv"]
-        stats, value_loss = {}, None
-        if a.kl_coef > 0:  # the reference: a model of its own, or with LoRA this one with its adapters off
-            with torch.no_grad(), adapters_off(self.model) if self.ref_model is None else contextlib.nullcontext():
-                ref = sequence_logprobs(
-                    self.ref_model or self.model,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    where,
-                    self.temperature,
-                    prefix=batch.get("prefix"),
-                )
-        if self.critic is not None:
+        stats, value_loss, ref = {}, None, batch.get("ref")  # ref: with kl_coef > 0 (`accumulate`'s pre-pass)
+        if a.advantage == "gae":
             start = time.perf_counter()
-            values = self.values(batch["input_ids"], batch["attention_mask"], where, batch.get("prefix"))
+            if self.critic is not None:
+                values = self.values(batch["input_ids"], batch["attention_mask"], where, batch.get("prefix"))
             rewards = batch["rewards"]
             if a.kl_in_reward:  # InstructGPT: -beta (log pi - log ref) on every token's reward, not in the loss
                 rewards = rewards - a.kl_coef * (logp.detach() - ref) * mask
@@ -510,10 +570,31 @@ class Trainer:
             stats["kl"] = (kl * mask).sum().item()
         return per_token, stats, value_loss
 
+    @torch.no_grad()
+    def _reference(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference policy's log-probs of the loss tokens: a model of its own, or with LoRA this one with its
+        adapters off, run as data parallelism runs it (FSDP2 gathers the root's weights in its forward)."""
+        args = batch["input_ids"], batch["attention_mask"], batch["mask"] > 0, self.temperature
+        if self.ref_model is not None:
+            return sequence_logprobs(self.ref_model, *args, prefix=batch.get("prefix"))
+        with adapters_off(self.model):
+            return self.logprobs(*args, batch.get("prefix"))[0]
+
+    def _kl_in_reward(self, seqs: list[Sequence], batches: list[dict[str, torch.Tensor]]) -> None:
+        """REINFORCE++ with the KL in the reward: every token's advantage, normalised by statistics over the whole
+        batch (every micro-batch, every rank), so set in a pass before any micro-batch trains."""
+        if any(s.rewards is None for s in seqs):  # message-wise rollouts (spoc) carry per-message advantages instead
+            raise ValueError("algorithm.kl_in_reward: REINFORCE++ needs each sequence's reward; spoc's are per message")
+        kl = [b["mu"] - b["ref"] for b in batches]  # the sampler's log-probs against the reference's
+        rewards, masks = [b["rewards"] for b in batches], [b["mask"] for b in batches]
+        adv = advantages.reinforce_pp_kl(rewards, kl, masks, self.algo.kl_coef, total=_all_reduce)
+        for b, a in zip(batches, adv, strict=True):
+            b["adv"] = a
+
     def step(self, seqs: list[Sequence], supervised: bool = False) -> dict[str, float]:
         """One optimizer step on the whole batch (this rank's share of it), accumulated over micro-batches."""
         metrics = self.accumulate(seqs, supervised)
-        grad_norm = self._clip(self.model)
+        grad_norm = self._clip(self.logprobs)  # the policy's weights, and a shared value head's
         critic = self.critic is not None and not supervised
         if critic:
             metrics["value_grad_norm"] = self._clip(self.critic)
@@ -572,10 +653,16 @@ class Trainer:
         # (FSDP2 gathers parameters in forward); a rank with fewer micro-batches adds fillers of weight 0
         count = int(_all_reduce([len(groups)], dist.ReduceOp.MAX)[0]) if world > 1 else len(groups)
         filler = Sequence([self.pad_id], [self.pad_id], None if supervised else [0.0], None if supervised else [0.0])
-        for i in range(count):
+        batches = [collate(g, self.pad_id, self.device, sh) for g, sh in zip(groups, shared, strict=True)]
+        batches += [collate([filler], self.pad_id, self.device) for _ in range(count - len(groups))]
+        # the reference's log-probs in a pass before training: REINFORCE++'s KL returns are normalised over them all
+        if not supervised and self.algo.kl_coef > 0:
+            for batch in batches:
+                batch["ref"] = self._reference(batch)
+        if not supervised and self.algo.kl_in_reward and self.algo.advantage != "gae":
+            self._kl_in_reward(seqs, batches[: len(groups)])
+        for i, batch in enumerate(batches):
             real = i < len(groups)
-            group, share_group = (groups[i], shared[i]) if real else ([filler], False)
-            batch = collate(group, self.pad_id, self.device, share_group)
             last = i == count - 1  # gradients are reduced over the ranks on each rank's last backward only
             parallel = [m for m in (self.logprobs, self.values) if m is not None]
             with contextlib.ExitStack() as unsynced:
@@ -588,10 +675,14 @@ class Trainer:
                 loss = losses.aggregate(
                     per_token, batch["mask"], mode, max(total_tokens, 1), total_seqs, self.algo.aggregation_length
                 )
-                (loss * world * real).backward()  # DDP averages over ranks; the loss is a share of the global sum
-                if value_loss is not None:  # the critic's graph is its own (GAE saw its values detached)
-                    start = time.perf_counter()
+                value = None
+                if value_loss is not None:
                     value = losses.aggregate(value_loss, batch["mask"], "token", max(total_tokens, 1), total_seqs)
+                joint = value is not None and self.critic is None  # a shared value head: one loss, one backward
+                # DDP averages over ranks; the loss is a share of the global sum
+                ((loss + self.algo.value_coef * value if joint else loss) * world * real).backward()
+                if value is not None and not joint:  # the critic's graph is its own (GAE saw its values detached)
+                    start = time.perf_counter()
                     (value * world * real).backward()
                     stats["value_seconds"] += time.perf_counter() - start
             loss_total += real * loss.item()
@@ -604,6 +695,6 @@ class Trainer:
         sums = dict(zip(sums, sum_values, strict=True)) | {"tokens": total_tokens}
         # a mean over no tokens (no rollout sampled by the current version) is left out, not logged as 0
         metrics.update({k: sums[v] / sums[n] for k, (v, n) in TOKEN_MEANS.items() if v in sums and sums[n] > 0})
-        if "value_seconds" in sums:  # the critic's forward and backward, per rank (they run side by side)
+        if "value_seconds" in sums:  # the value model's time, per rank (they run side by side)
             metrics["value_seconds"] = sums["value_seconds"] / world
         return metrics
