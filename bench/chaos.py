@@ -32,7 +32,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import save
 
-TIMED = {"gen_seconds", "wait_seconds", "train_seconds", "tokens_per_second", "gen_share", "sync_seconds", "sync_share"}
+TIMED = {
+    "gen_seconds",
+    "wait_seconds",
+    "train_seconds",
+    "score_seconds",
+    "step_seconds",
+    "tokens_per_second",
+    "gen_share",
+    "sync_seconds",
+    "sync_share",
+}
 # Ray: per-replica tokens/s (wall clock) and reissued prompts (a count of this session's reissues)
 UNCOMPARED = ("_tokens_per_second", "reissued_prompts")
 CONFIG = {  # about 20 s uninterrupted: a tiny model, SFT, then RL with a checkpoint every other step

@@ -15,10 +15,11 @@ Models: the embedded default (tiny-llama, arithmetic) and SmolLM2-135M-Instruct 
 warm-started once and every setting starts from that SFT checkpoint (`sft.steps=0`), so all four train the
 same model on the same prompts.
 
-A step's time is the controller's own: `wait_seconds + train_seconds + sync_seconds` of metrics.jsonl (from
-asking for a batch to having published the next weights), averaged after the first `--skip` steps (the
-pipeline filling) and without the last (its held-out evaluation and checkpoint). Busy shares: `gen_seconds`
-and `train_seconds` over the step.
+A step's time is the controller's own: `step_seconds` of metrics.jsonl (from asking for a batch to having
+published the next weights), averaged after the first `--skip` steps (the pipeline filling) and without the last
+(its held-out evaluation and checkpoint). Busy shares: `gen_seconds` and `train_seconds` over the step. The
+controller scores each batch between trainer steps (`score_seconds`, part of `train_seconds`): the model gets
+that time as `reward_seconds` with the scorer on the trainer's cores (`Placement.scorer_on_trainer`).
 
 The CPU is then measured alone (relayrl.plan.calibrate: matmul peak, matrix-vector bandwidth, the sampler's
 fixed costs), relayrl.plan predicts each setting's step time from the measured batch shape, and the script
@@ -146,7 +147,7 @@ def run_child(spec: dict, log: Path) -> dict:
 def measured(run_dir: Path, skip: int) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steady = records[skip:-1] or records[:-1] or records  # a smoke run has too few steps for a steady state
-    steps = [r["wait_seconds"] + r["train_seconds"] + r["sync_seconds"] for r in steady]
+    steps = [r["step_seconds"] for r in steady]
 
     def mean(key: str) -> float:
         return sum(r[key] for r in steady) / len(steady)
@@ -157,6 +158,7 @@ def measured(run_dir: Path, skip: int) -> dict:
         "gen_seconds": mean("gen_seconds"),
         "train_seconds": mean("train_seconds"),
         "sync_seconds": mean("sync_seconds"),
+        "score_seconds": mean("score_seconds"),
         "generator_busy": mean("gen_seconds") / step,
         "trainer_busy": mean("train_seconds") / step,
         "staleness": mean("staleness"),
@@ -194,11 +196,11 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
     efficiency = training_efficiency(model, rows_per_micro_batch, length, device.flops)
     device = dataclasses.replace(device, train_efficiency=efficiency, prefill_efficiency=efficiency)
     precision = Precision(gen_bytes=4, train_state_bytes=16, offload_bytes=0)  # fp32, one memory
-    placements = {
-        "colocated_sync": Placement("colocated", cores, gen_tp=cores, mode="sync"),
-        "colocated_async": Placement("colocated", cores, gen_tp=cores, mode="async", max_staleness=1),
-        "disaggregated_sync": Placement("disaggregated", 1, 1, 1, mode="sync"),
-        "disaggregated_async": Placement("disaggregated", 1, 1, 1, mode="async", max_staleness=1),
+    placements = {  # relayrl's local executors: the controller scores on the trainer's cores
+        "colocated_sync": Placement("colocated", cores, gen_tp=cores, mode="sync", scorer_on_trainer=True),
+        "colocated_async": Placement("colocated", cores, gen_tp=cores, max_staleness=1, scorer_on_trainer=True),
+        "disaggregated_sync": Placement("disaggregated", 1, 1, 1, mode="sync", scorer_on_trainer=True),
+        "disaggregated_async": Placement("disaggregated", 1, 1, 1, max_staleness=1, scorer_on_trainer=True),
     }
     out = {
         "model": dataclasses.asdict(model),
@@ -207,7 +209,8 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
         "settings": {},
     }
     for setting, place in placements.items():
-        option = evaluate(model, device, precision, workload, place)
+        scoring = dataclasses.replace(workload, reward_seconds=runs[setting]["score_seconds"])
+        option = evaluate(model, device, precision, scoring, place)
         got = runs[setting]["step_seconds"]
         out["settings"][setting] = {
             "predicted": {"step_seconds": option.schedule.step_seconds, **dataclasses.asdict(option.times)},
@@ -216,8 +219,9 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
             "relative_error": option.schedule.step_seconds / got - 1,
         }
     sync = runs["disaggregated_sync"]
-    phases = PhaseTimes(generate=sync["gen_seconds"], train=sync["train_seconds"], sync=sync["sync_seconds"])
-    pipeline_only = simulate(phases, colocated=False, staleness_bound=1).step_seconds
+    train = sync["train_seconds"] - sync["score_seconds"]
+    phases = PhaseTimes(sync["gen_seconds"], train, sync["sync_seconds"], sync["score_seconds"])
+    pipeline_only = simulate(phases, colocated=False, staleness_bound=1, scorer_on_trainer=True).step_seconds
     out["pipeline_only_disaggregated_async"] = {
         "predicted_step_seconds": pipeline_only,
         "relative_error": pipeline_only / runs["disaggregated_async"]["step_seconds"] - 1,

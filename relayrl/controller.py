@@ -127,7 +127,8 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
 
     def scored() -> tuple[list[Rollout], float, float, dict[str, float]]:
         """The next batch's rollouts within max_staleness of the trainer (the rest dropped and counted), the seconds
-        its generation took and those spent waiting for it, and its reward statistics."""
+        its generation took and those spent waiting for it, and its reward statistics (with the seconds scoring
+        took: the trainer waits for them)."""
         t = time.perf_counter()
         rollouts, seconds = pending.popleft() if pending else generator.collect()
         waited = time.perf_counter() - t
@@ -135,7 +136,9 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
         counters.dropped_stale += len(rollouts) - len(fresh)
         if cfg.reward.pairs_samples:
             pair_samples(fresh)  # a pairwise judge compares each sample with another of its prompt
-        return fresh, seconds, waited, scorer.score(fresh)
+        t = time.perf_counter()
+        stats = scorer.score(fresh)
+        return fresh, seconds, waited, stats | {"score_seconds": time.perf_counter() - t}
 
     def checkpoint() -> None:
         nonlocal saved, records
@@ -204,6 +207,7 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
         generator.publish(trainer.weights(), state.step)
         sync = time.perf_counter() - t3
         metrics |= {"sync_seconds": sync, "sync_bytes": weight_bytes, "sync_share": sync / (t2 - t0 + sync)}
+        metrics["step_seconds"] = time.perf_counter() - t0  # asking for a batch to publishing the weights it made
         submit_up_to(consumed() + depth)
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             trainer.copy_to(run.model)

@@ -72,6 +72,20 @@ def test_staleness_bound_caps_overlap():
     assert simulate(times, False, 5).step_seconds == pytest.approx(1.0)
 
 
+def test_a_scorer_on_the_trainer_holds_the_trainer():
+    # generate 1 s, score 0.5 s, train 1 s, staleness bound 1. On workers of their own, scoring overlaps both
+    # roles, and the 2.5 s loop gen k -> score -> train k -> gen k + 2 spread over 2 steps bounds a step: 1.25 s.
+    # Called by the trainer's controller (relayrl's local executors), it sits between trainer steps: 1.5 s a step,
+    # the trainer busy all of it; sync is the 2.5 s sum either way
+    times = PhaseTimes(generate=1.0, train=1.0, reward=0.5)
+    assert simulate(times, False, 1).step_seconds == pytest.approx(1.25)
+    inline = simulate(times, False, 1, scorer_on_trainer=True)
+    assert inline.step_seconds == pytest.approx(1.5) and inline.trainer_busy == pytest.approx(1.0)
+    assert inline.generator_busy == pytest.approx(1.0 / 1.5)
+    for on_trainer in (False, True):
+        assert simulate(times, False, 0, scorer_on_trainer=on_trainer).step_seconds == pytest.approx(2.5)
+
+
 def test_staleness_comes_out_of_the_schedule():
     # generation-bound (3 s vs 1 s): gen k starts at 3k, version k-1 is ready at 3k - 2, version k at 3k + 1;
     # so under a bound of 2 the generator still samples with the weights one version old

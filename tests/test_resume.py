@@ -15,7 +15,17 @@ from relayrl.state import Counters, RunState
 from relayrl.tracking import read_jsonl
 from relayrl.training import checkpoint
 
-TIMED = {"gen_seconds", "wait_seconds", "train_seconds", "tokens_per_second", "gen_share", "sync_seconds", "sync_share"}
+TIMED = {
+    "gen_seconds",
+    "wait_seconds",
+    "train_seconds",
+    "score_seconds",
+    "step_seconds",
+    "tokens_per_second",
+    "gen_share",
+    "sync_seconds",
+    "sync_share",
+}
 
 
 def _untimed(run_dir: Path) -> list[dict]:

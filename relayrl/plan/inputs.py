@@ -171,6 +171,9 @@ class Placement:
     gen_tp: int = 0
     mode: str = "async"
     max_staleness: int = 1  # async: a batch may be sampled by weights this many versions old
+    # the reward scorers: on workers of their own (LlamaRL's reward executors, relayrl's Ray reward pool), or
+    # called by a controller that shares the trainer's process and devices (relayrl's local executors)
+    scorer_on_trainer: bool = False
 
     def check(self) -> Placement:
         if self.kind not in PLACEMENTS:

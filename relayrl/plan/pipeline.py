@@ -4,7 +4,9 @@ Tasks are issued in the controller's order (generate the first `staleness + 1` b
 score, train, sync the new weights, generate the batch that may now start). Each runs on its role's devices
 as soon as those are free and its inputs exist:
     generate k   needs the weights of version k - s (s: the staleness bound, 0 in sync mode);
-    reward k     needs generate k;
+    reward k     needs generate k; on reward workers of their own, or (`scorer_on_trainer`: relayrl's
+                 in-process and process executors, whose controller scores between trainer steps) on the
+                 trainer's devices, where it waits for train k - 1 and holds train k + 1 back;
     train k      needs reward k and train k - 1; it makes version k + 1;
     sync k + 1   needs train k, runs on the trainer's devices (they send), and makes version k + 1 usable.
 Colocated, generation and training share one pool of devices, and every hand-over between them costs a swap.
@@ -26,11 +28,14 @@ class Schedule:
     staleness: float  # mean versions between a batch's sampling weights and the trainer's, sampling newest weights
 
 
-def simulate(times: PhaseTimes, colocated: bool, staleness_bound: int, steps: int = 64) -> Schedule:
+def simulate(
+    times: PhaseTimes, colocated: bool, staleness_bound: int, steps: int = 64, scorer_on_trainer: bool = False
+) -> Schedule:
     """Follow `steps` steps and measure the last half (the pipeline has filled by then; the batches after the
     last are issued too, so the window ends in steady state)."""
     total = steps + staleness_bound + 1
     gen_res, train_res = ("devices", "devices") if colocated else ("generator", "trainer")
+    reward_res = train_res if scorer_on_trainer else "reward"
     free = {"generator": 0.0, "trainer": 0.0, "devices": 0.0, "reward": 0.0}
     holder = "train"  # colocated: whose state is on the devices (training state to start with)
     gen_start, gen_end, train_end = [0.0] * total, [0.0] * total, [0.0] * total
@@ -55,9 +60,9 @@ def simulate(times: PhaseTimes, colocated: bool, staleness_bound: int, steps: in
     for k in range(staleness_bound + 1):
         generate(k)
     for k in range(total):
-        _, scored = run("reward", "reward", gen_end[k], times.reward, k)
+        _, scored = run(reward_res, "train", gen_end[k], times.reward, k)
         _, train_end[k] = run(train_res, "train", max(scored, train_end[k - 1] if k else 0.0), times.train, k)
-        busy["train"][k] = times.train
+        busy["train"][k] = times.train + (times.reward if scorer_on_trainer else 0.0)
         _, ready[k + 1] = run(train_res, "train", train_end[k], times.sync, k)
         busy["train"][k] += times.sync
         if k + staleness_bound + 1 < total:

@@ -29,7 +29,7 @@ class Option:
 
 def evaluate(m: ModelShape, d: Device, p: Precision, w: Workload, place: Placement, steps: int = 64) -> Option:
     times, tp = phase_times(m, d, p, w, place)
-    schedule = simulate(times, place.kind == "colocated", place.staleness_bound, steps)
+    schedule = simulate(times, place.kind == "colocated", place.staleness_bound, steps, place.scorer_on_trainer)
     return Option(replace(place, gen_tp=tp), tp, times, schedule, w.trained_tokens / schedule.step_seconds)
 
 
