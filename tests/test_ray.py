@@ -90,14 +90,17 @@ def test_a_killed_generator_is_restarted_and_its_prompts_reissued(tiny, tmp_path
     root = tmp_path / "killed"
     watcher = threading.Thread(target=_kill_a_generator_once_training_began, args=(root, killed))
     watcher.start()
-    run = _ray_run(tiny, tmp_path, "killed", cluster, mode="async", max_staleness=2, steps=8)
+    # a tiny step takes ~0.05 s: 30 of them (few evaluations and checkpoints between) leave the watcher time to
+    # find the actor after the first step's record, even on a busy machine
+    long = {"mode": "async", "max_staleness": 2, "steps": 30, "eval_every": 30, "checkpoint_every": 10}
+    run = _ray_run(tiny, tmp_path, "killed", cluster, **long)
     watcher.join()
     assert killed, "the generator was never killed"
     records = read_jsonl(run / "metrics.jsonl")
     assert records[-1]["reissued_prompts"] > 0
-    assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r["step"] for r in records] == list(range(1, 31))
     # the reissued batches were sampled again with their own versions and seeds: nothing lost, nothing used twice
-    whole = _ray_run(tiny, tmp_path, "whole", cluster, mode="async", max_staleness=2, steps=8)
+    whole = _ray_run(tiny, tmp_path, "whole", cluster, **long)
     assert _metrics(run) == _metrics(whole)
 
 
