@@ -1,7 +1,8 @@
 """A `relayrl train` command over seeds and CPU kernels: by default the README's main command (the embedded default).
 
 Run alone on the machine: .venv/bin/python bench/default_seeds.py [CONFIG.yaml ...] [--seeds 0,1,2,3,4
---capabilities default,avx2 --name default_seeds] (writes bench/results/<name>.json). Each run is
+--capabilities default,avx2 --name default_seeds] (writes bench/results/<name>.json after every run; `--resume`
+keeps the runs already there and runs the others). Each run is
 `relayrl train CONFIG... seed=N` with a run folder of its own, in a fresh process whose `ATEN_CPU_CAPABILITY` picks
 torch's kernels: `default` and `avx2` sum floats in other orders, as another CPU would; `native` leaves torch's
 choice. Per run: held-out accuracy at RL's start and end, the gain in points, the wall time; top level the
@@ -77,11 +78,16 @@ def main() -> None:
     parser.add_argument("--capabilities", default="default,avx2")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--name", default="default_seeds", help="the result's file name, without .json")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in the result; run the rest")
     args = parser.parse_args()
     peak = gflops(os.cpu_count() or 1)  # this machine's, measured now: the wall times scale by it
-    rows = []
+    result = Path(args.out) / f"{args.name}.json"
+    rows = json.loads(result.read_text())["rows"] if args.resume and result.exists() else []
+    done = {(r["seed"], r["capability"]) for r in rows}
     for capability in args.capabilities.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
+            if (seed, capability) in done:
+                continue
             with tempfile.TemporaryDirectory(prefix="relayrl-default-") as tmp:
                 rows.append(run(args.configs, seed, capability, Path(tmp)))
             save(summary(rows, peak), args.out, args.name)  # after every run: a stopped bench keeps its rows
