@@ -8,9 +8,9 @@ Each mode first runs once uninterrupted, recording when each phase begins (the r
 folder), the SFT warm start, the RL steps, a checkpoint being written (the moment a `.tmp` folder appears) or the
 end (after the last checkpoint). The killed run is resumed once with `relayrl train --resume` (a kill before the
 folder exists leaves nothing to resume: the command is run again), and must then match the uninterrupted run:
-metrics.jsonl record for record with the wall-clock fields left out (`TIMED`), the final weights file byte for
-byte, and the summary's accuracies. Only the controller is killed, as a crash would; processes it leaves behind
-(a generator process, a local Ray) are counted, then cleaned up.
+metrics.jsonl record for record with the wall-clock fields left out (`relayrl.tracking.WALL_CLOCK`), the final
+weights file byte for byte, and the summary's accuracies. Only the controller is killed, as a crash would;
+processes it leaves behind (a generator process, a local Ray) are counted, then cleaned up.
 """
 
 from __future__ import annotations
@@ -32,17 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import save
 
-TIMED = {
-    "gen_seconds",
-    "wait_seconds",
-    "train_seconds",
-    "score_seconds",
-    "step_seconds",
-    "tokens_per_second",
-    "gen_share",
-    "sync_seconds",
-    "sync_share",
-}
+from relayrl.tracking import WALL_CLOCK
+
 # Ray: per-replica tokens/s (wall clock) and reissued prompts (a count of this session's reissues)
 UNCOMPARED = ("_tokens_per_second", "reissued_prompts")
 CONFIG = {  # about 20 s uninterrupted: a tiny model, SFT, then RL with a checkpoint every other step
@@ -172,7 +163,7 @@ def _untimed(run: Path) -> list[str]:
     lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
     kept = []
     for line in lines:
-        record = {k: v for k, v in json.loads(line).items() if k not in TIMED and not k.endswith(UNCOMPARED)}
+        record = {k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK and not k.endswith(UNCOMPARED)}
         kept.append(json.dumps(record, sort_keys=True))
     return kept
 

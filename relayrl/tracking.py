@@ -16,6 +16,21 @@ SHOWN = [
     ("gen_share", "gen {:.0%}"),
 ]
 
+# the fields of a step's record that measure wall-clock time: a resumed run reproduces every other field
+WALL_CLOCK = frozenset(
+    {
+        "gen_seconds",
+        "wait_seconds",
+        "train_seconds",
+        "score_seconds",
+        "step_seconds",
+        "tokens_per_second",
+        "gen_share",
+        "sync_seconds",
+        "sync_share",
+    }
+)
+
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

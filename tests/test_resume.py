@@ -12,25 +12,13 @@ from relayrl.config import load_config
 from relayrl.controller import train
 from relayrl.models import TinySize, load_model_and_tokenizer
 from relayrl.state import Counters, RunState
-from relayrl.tracking import read_jsonl
+from relayrl.tracking import WALL_CLOCK, read_jsonl
 from relayrl.training import checkpoint
-
-TIMED = {
-    "gen_seconds",
-    "wait_seconds",
-    "train_seconds",
-    "score_seconds",
-    "step_seconds",
-    "tokens_per_second",
-    "gen_share",
-    "sync_seconds",
-    "sync_share",
-}
 
 
 def _untimed(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock fields, which no two runs share."""
-    return [{k: v for k, v in r.items() if k not in TIMED} for r in read_jsonl(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ Every job draws with its own generator, so a seeded request gets the same sample
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from relayrl.generation.sampler import distinct, last_logits, left_padded, next_tokens
-from relayrl.serving.backend import Failed, Job, JobRejected, TokenLogprob, Update
+from relayrl.serving.backend import Job, JobRejected, QueuedBackend, TokenLogprob, Update
 from relayrl.serving.text import RowText
 
 
@@ -48,42 +46,32 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return F.pad(t, (0, 0) * (-1 - dim) + (width - t.shape[dim], 0))
 
 
-class Engine:
+class Engine(QueuedBackend):
     def __init__(self, model, tokenizer, max_batch: int = 32, max_kv_tokens: int = 65536):
+        super().__init__(max_batch)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.context_length: int = model.config.max_position_embeddings
-        self.max_batch, self.max_kv_tokens = max_batch, max_kv_tokens
+        self.max_kv_tokens = max_kv_tokens
         self.device = next(model.parameters()).device
-        self._waiting: deque[Job] = deque()
-        self._wake = threading.Condition()
-        self._closed = False
         self._reset()
-        self._thread = threading.Thread(target=self._loop, name="relayrl-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        if job.rows > self.max_batch:
-            raise JobRejected("n", f"{job.rows} samples in one request; this server batches {self.max_batch}")
+    def _check(self, job: Job) -> None:
         if job.rows * (max(map(len, job.prompts)) + job.max_tokens) > self.max_kv_tokens:
             raise JobRejected(
                 "max_tokens",
                 f"{job.rows} samples x (prompt + max_tokens {job.max_tokens}) exceed this server's"
                 f" {self.max_kv_tokens} KV-cache tokens (relayrl serve --max-kv-tokens)",
             )
-        with self._wake:
-            self._waiting.append(job)
-            self._wake.notify()
 
-    def stats(self) -> dict[str, int]:
-        return {"rows": len(self._rows), "waiting": len(self._waiting)}
+    def _in_flight(self) -> int:
+        return len(self._rows)
 
-    def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._thread.join()
-        for job in self._waiting:
-            job.emit(Failed("the server is shutting down"))
+    def _running_jobs(self) -> list[Job]:
+        return [r.run.job for r in self._rows]
+
+    def _drop_all(self) -> None:
+        self._reset()
 
     def _reset(self) -> None:
         """An empty batch: the rows in flight, their KV cache, attention mask (one column ahead of the cache:
@@ -91,22 +79,6 @@ class Engine:
         self._rows: list[Row] = []
         self._cache: DynamicCache | None = None
         self._mask = self._positions = self._tokens = None
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._waiting or self._rows or self._closed):
-                    self._wake.wait()
-                if self._closed:
-                    return
-                admitted = self._admit()
-            try:
-                self._step(admitted)
-            except Exception as e:  # a failed forward fails the jobs in it, not the server
-                jobs = {id(r.run.job): r.run.job for r in self._rows} | {id(j): j for j in admitted}
-                for job in jobs.values():
-                    job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
-                self._reset()
 
     def _admit(self) -> list[Job]:
         """Jobs from the head of the line, in order, while the batch has room for them."""

@@ -10,15 +10,13 @@ become a stop string); the others for the final output only.
 from __future__ import annotations
 
 import itertools
-import threading
-from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from relayrl.generation.engines import GenerationConfig, engine_holding
 from relayrl.generation.vllm_engine import row_seed
-from relayrl.serving.backend import Failed, Job, JobRejected, TokenLogprob, Update
+from relayrl.serving.backend import Job, QueuedBackend, TokenLogprob, Update
 
 
 @dataclass
@@ -28,62 +26,49 @@ class Row:
     tokens: int = 0  # sampled so far
 
 
-class VllmBackend:
+class VllmBackend(QueuedBackend):
     def __init__(self, model, tokenizer, cfg: GenerationConfig, max_batch: int = 32):
+        super().__init__(max_batch)
         self.engine = engine_holding(cfg, model, tokenizer)
         self.core = self.engine.llm.llm_engine
-        self.context_length, self.max_batch = self.engine.max_model_len, max_batch
+        self.context_length = self.engine.max_model_len
         self.eos = tokenizer.eos_token_id
         # vLLM's CPU attention plans for the OpenMP thread count of the thread that built the engine, and a new
         # thread starts with the process's initial count ("Check failed: ... thread_num == thread_num", measured)
         self._threads = torch.get_num_threads()
         self._ids = itertools.count()
-        self._waiting: deque[Job] = deque()
         self._rows: dict[str, Row] = {}  # vLLM request id -> the row it samples
-        self._wake = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="relayrl-vllm", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        if job.rows > self.max_batch:
-            raise JobRejected("n", f"{job.rows} samples in one request; this server batches {self.max_batch}")
-        with self._wake:
-            self._waiting.append(job)
-            self._wake.notify()
-
-    def stats(self) -> dict[str, int]:
-        return {"rows": len(self._rows), "waiting": len(self._waiting)}
-
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._thread.join()
-        for job in self._waiting:
-            job.emit(Failed("the server is shutting down"))
+        super().close()
         self.engine.close()
 
     def _loop(self) -> None:
         torch.set_num_threads(self._threads)
-        while True:
-            with self._wake:
-                while not (self._waiting or self._rows or self._closed):
-                    self._wake.wait()
-                if self._closed:
-                    return
-                admitted = list(self._waiting)
-                self._waiting.clear()
-            try:
-                for job in admitted:
-                    self._add(job)
-                self._abort([rid for rid, row in self._rows.items() if row.job.cancelled.is_set()])
-                for out in self.core.step():
-                    self._update(out)
-            except Exception as e:  # a failed step fails the jobs in it, not the server
-                for job in {id(r.job): r.job for r in self._rows.values()}.values():
-                    job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
-                self._abort(list(self._rows))
+        super()._loop()
+
+    def _admit(self) -> list[Job]:
+        """Every job waiting: vLLM's scheduler decides when each row runs."""
+        admitted = list(self._waiting)
+        self._waiting.clear()
+        return admitted
+
+    def _step(self, admitted: list[Job]) -> None:
+        for job in admitted:
+            self._add(job)
+        self._abort([rid for rid, row in self._rows.items() if row.job.cancelled.is_set()])
+        for out in self.core.step():
+            self._update(out)
+
+    def _in_flight(self) -> int:
+        return len(self._rows)
+
+    def _running_jobs(self) -> list[Job]:
+        return [r.job for r in self._rows.values()]
+
+    def _drop_all(self) -> None:
+        self._abort(list(self._rows))
 
     def _add(self, job: Job) -> None:
         if job.cancelled.is_set():
