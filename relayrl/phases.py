@@ -24,7 +24,7 @@ from relayrl.rollout import ENVIRONMENT, POLICY
 from relayrl.run import Run
 from relayrl.state import HeldoutScore, RunState
 from relayrl.tasks.base import Item
-from relayrl.training.trainer import AlgorithmConfig, Trainer
+from relayrl.training.trainer import AlgorithmConfig, Trainer, collate
 
 
 def prepare(run: Run, stop, show_progress: bool = True) -> None:
@@ -32,14 +32,22 @@ def prepare(run: Run, stop, show_progress: bool = True) -> None:
     (a recipe composes its own: recipes/spoc.py)."""
     if run.state is None:
         t0 = time.perf_counter()
-        warm_start(run, stop, show_progress)
-        start_rl(run, time.perf_counter() - t0)
+        steps = warm_start(run, stop, show_progress)
+        start_rl(run, time.perf_counter() - t0, steps)
 
 
 def supervise(
-    run: Run, batch: Callable[[int], list[Sequence]], steps: int, lr: float, description: str, stop, show_progress: bool
-) -> None:
-    """`steps` supervised steps on `batch(step)`, on all cores (nothing else runs yet)."""
+    run: Run,
+    batch: Callable[[int], list[Sequence]],
+    steps: int,
+    lr: float,
+    description: str,
+    stop,
+    show_progress: bool,
+    done: Callable[[int], bool] = lambda steps_taken: False,
+) -> int:
+    """At most `steps` supervised steps on `batch(step)`, on all cores (nothing else runs yet), until `done(steps
+    taken)`; returns the steps taken."""
     torch.set_num_threads(min(run.gen_threads + run.train_threads, os.cpu_count() or 1))
     optim = dataclasses.replace(run.cfg.optim, lr=lr)
     trainer = Trainer(run.model, optim, AlgorithmConfig(), run.tokenizer.pad_token_id)  # supervised: no algorithm
@@ -49,10 +57,18 @@ def supervise(
             raise KeyboardInterrupt
         skipped = bool(trainer.step(batch(step), supervised=True)["skipped_nonfinite"])
         in_a_row = nonfinite_streak(skipped, in_a_row, optim.max_nonfinite_steps, f"{description} step {step + 1}")
+        if done(step + 1):
+            return step + 1
+    return steps
 
 
-def warm_start(run: Run, stop, show_progress: bool = True) -> None:
-    """Supervised steps on the task's worked solutions."""
+# where the worked solutions held aside for `sft.target_match` are drawn: past any SFT (negative) or RL prompt index
+HELD_ASIDE = 2**62
+
+
+def warm_start(run: Run, stop, show_progress: bool = True) -> int:
+    """Supervised steps on the task's worked solutions, until the model reproduces `sft.target_match` of those held
+    aside (at most `sft.steps`); returns the steps taken."""
     s = run.cfg.sft
 
     def batch(step: int) -> list[Sequence]:
@@ -60,7 +76,36 @@ def warm_start(run: Run, stop, show_progress: bool = True) -> None:
         indices = [-1 - step * s.batch_size - i for i in range(s.batch_size)]
         return [demonstration(run, run.task.train_item(i), i) for i in indices]
 
-    supervise(run, batch, s.steps, s.lr, "SFT warm start", stop, show_progress)
+    aside = [
+        demonstration(run, run.task.train_item(i), i)
+        for i in range(HELD_ASIDE, HELD_ASIDE + (s.match_items if s.target_match and s.steps else 0))
+    ]
+
+    def done(steps: int) -> bool:
+        if not aside or steps % s.match_every:
+            return False
+        share = reproduced(run.model, aside, run.tokenizer.pad_token_id)
+        if share >= s.target_match:
+            print(f"SFT warm start: {share:.0%} of {len(aside)} held-aside solutions reproduced at step {steps}")
+        return share >= s.target_match
+
+    return supervise(run, batch, s.steps, s.lr, "SFT warm start", stop, show_progress, done)
+
+
+def reproduced(model, seqs: list[Sequence], pad_id: int, rows: int = 16) -> float:
+    """The share of `seqs` whose every trained token is the model's most likely next token given the ones before
+    (teacher-forced): the sequences greedy decoding writes out exactly. One forward pass, where sampling them
+    would take one per token."""
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for i in range(0, len(seqs), rows):  # a few rows at a time: a large vocabulary's logits are big
+            b = collate(seqs[i : i + rows], pad_id, next(model.parameters()).device)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            right = (logits.argmax(-1) == b["input_ids"][:, 1:]) | (b["mask"] == 0)
+            hits += int(right.all(-1).sum())
+    model.train()
+    return hits / len(seqs)
 
 
 def demonstration(run: Run, item: Item, index: int) -> Sequence:
@@ -82,7 +127,7 @@ def demonstration(run: Run, item: Item, index: int) -> Sequence:
     return Sequence(encode_prompt(tok, item.prompt), [*ids, tok.eos_token_id], loss_mask=[*mask, 1.0])
 
 
-def start_rl(run: Run, sft_seconds: float, pair_sft: dict | None = None) -> None:
+def start_rl(run: Run, sft_seconds: float, sft_steps: int, pair_sft: dict | None = None) -> None:
     """The held-out accuracy RL starts from, and a fresh RL state saved as checkpoint `sft`. With LoRA, what the
     adapters learnt before RL is merged into the base RL's adapters train over (and are kept close to by the KL)."""
     m = run.cfg.model
@@ -90,7 +135,7 @@ def start_rl(run: Run, sft_seconds: float, pair_sft: dict | None = None) -> None
         base = None if m.name_or_path in TINY_ARCHS else resolve(m.name_or_path)
         run.model = adapters.rebase(run.model, run.tokenizer, m.lora, run.ckpt_root / "base", base)
     start, _ = heldout(run)
-    run.state = RunState(phase="rl", sft_seconds=sft_seconds, start=start, pair_sft=pair_sft)
+    run.state = RunState(phase="rl", sft_seconds=sft_seconds, sft_steps=sft_steps, start=start, pair_sft=pair_sft)
     run.save("sft")
 
 
@@ -155,6 +200,7 @@ def summary(run: Run, records: list[dict]) -> dict:
         "wall_seconds": s.wall_seconds,
         "rl_seconds": c.rl_seconds,
         "sft_seconds": s.sft_seconds,
+        "sft_steps": s.sft_steps,
         "trained_tokens_per_second": c.trained_tokens / max(c.rl_seconds, 1e-9),
         "dropped_stale": c.dropped_stale,
         "rollouts_trained": c.rollouts_trained,

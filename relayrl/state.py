@@ -43,6 +43,7 @@ class RunState:
     phase: str  # "pair_sft" (SPOC: its data sampled, PairSFT still to run) | "rl"
     step: int = 0
     sft_seconds: float = 0.0
+    sft_steps: int = 0  # the warm start's steps taken (it may end at sft.target_match)
     wall_seconds: float = 0.0  # set-up and SFT included, summed over resumed sessions
     start: HeldoutScore | None = None  # held-out evaluation RL starts from
     final: HeldoutScore | None = None  # the last step's evaluation, once the run is done

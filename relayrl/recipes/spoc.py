@@ -128,10 +128,12 @@ def prepare(run: Run, stop, show_progress: bool) -> None:
     """SFT warm start and PairSFT data (checkpoint `pair_sft`), PairSFT, then the RL state (checkpoint `sft`)."""
     t0 = time.perf_counter()
     if run.state is None:
-        phases.warm_start(run, stop, show_progress)
+        sft_steps = phases.warm_start(run, stop, show_progress)
         examples, stats = sample_pair_sft(run, show_progress)
         data = [dataclasses.asdict(e) for e in examples]
-        run.state = RunState("pair_sft", sft_seconds=time.perf_counter() - t0, pair_sft=stats, pair_sft_data=data)
+        run.state = RunState(
+            "pair_sft", sft_seconds=time.perf_counter() - t0, sft_steps=sft_steps, pair_sft=stats, pair_sft_data=data
+        )
         run.save("pair_sft")
         t0 = time.perf_counter()
     if run.state.phase != "pair_sft":
@@ -144,4 +146,6 @@ def prepare(run: Run, stop, show_progress: bool) -> None:
         return [seqs[(step * bs + i) % len(seqs)] for i in range(bs)]
 
     phases.supervise(run, batch, s.pair_sft_steps, s.pair_sft_lr, "PairSFT", stop, show_progress)
-    phases.start_rl(run, run.state.sft_seconds + time.perf_counter() - t0, pair_sft=run.state.pair_sft)
+    phases.start_rl(
+        run, run.state.sft_seconds + time.perf_counter() - t0, run.state.sft_steps, pair_sft=run.state.pair_sft
+    )
