@@ -1,6 +1,6 @@
 """The algorithms by name side by side on the embedded default task: held-out accuracy over RL and trained tokens/s.
 
-Run alone on the machine (about 6 minutes a run on 2 cores, 10 algorithms x 3 seeds: ~3 hours):
+Run alone on the machine (about 6 minutes a run on 2 cores, 12 algorithms x 3 seeds: ~3.6 hours):
     .venv/bin/python bench/algorithms.py [--algorithms grpo,dapo,... --seeds 0,1,2 --set key=value ...]
 Each run is `relayrl train <the algorithm's settings (relayrl/algorithms/named.py)> seed=N` in a fresh process, with
 the same prompts and samples per step (DAPO's dynamic sampling draws more: its rows count what it sampled). Per run:

@@ -48,6 +48,7 @@ def run(configs: list[str], seed: int, capability: str, root: Path) -> dict:
         "capability": capability,
         **gain(s),
         "wall_s": wall,
+        "sft_steps": s.get("sft_steps"),
         "sft_s": s["sft_seconds"],
         "rl_s": s["rl_seconds"],
     }

@@ -9,6 +9,10 @@ the wall time, p50/p99 request latency. Then hostile requests (max_tokens=10^9, 
 statuses, and the server's peak RSS (VmHWM) before and after them.
 
     .venv/bin/python bench/serve_load.py [MODEL ...] [--clients 1 8 32] [--requests-per-client 4] [--max-tokens 64]
+        [--backends native vllm]
+
+`--backends native vllm` serves each model with each backend in turn (`relayrl serve --backend`), side by side in
+one run; top-level `vllm_vs_native` is then the last model's tokens/s on vLLM over natively at the most clients.
 
 MODEL: a builtin, checkpoint or HF folder (default: tiny-llama and the folder of
 `relayrl models import smollm2-135m-instruct`). Writes bench/results/serve.json; top-level `throughput_32_vs_1`
@@ -103,11 +107,12 @@ def hostile(url: str) -> dict:
     return {name: post(url + "/chat/completions", body)[0] for name, body in cases.items()}
 
 
-def bench_model(model: str, clients: list[int], per_client: int, max_tokens: int) -> dict:
+def bench_model(model: str, backend: str, clients: list[int], per_client: int, max_tokens: int) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "relayrl.cli", "serve", model, "--port", str(port)])
+    command = ["relayrl.cli", "serve", model, "--port", str(port), "--backend", backend]
+    server = subprocess.Popen([sys.executable, "-m", *command])
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 300
@@ -126,7 +131,8 @@ def bench_model(model: str, clients: list[int], per_client: int, max_tokens: int
             rows.append(load(url, c, per_client, max_tokens))
             r = rows[-1]
             print(
-                f"{model}: {c:>2} clients {r['requests_per_second']:6.2f} req/s {r['tokens_per_second']:7.1f} tok/s"
+                f"{model} ({backend}): {c:>2} clients {r['requests_per_second']:6.2f} req/s"
+                f" {r['tokens_per_second']:7.1f} tok/s"
                 f" p50 {r['latency_p50']:.2f} s p99 {r['latency_p99']:.2f} s",
                 flush=True,
             )
@@ -135,6 +141,7 @@ def bench_model(model: str, clients: list[int], per_client: int, max_tokens: int
         by_clients = {r["clients"]: r["tokens_per_second"] for r in rows}
         return {
             "model": model,
+            "backend": backend,
             "throughput_32_vs_1": by_clients[32] / by_clients[1] if {1, 32} <= by_clients.keys() else None,
             "peak_rss_mb_after_load": rss_before,
             "hostile_statuses": statuses,
@@ -152,11 +159,15 @@ def main() -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests-per-client", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--backends", nargs="+", choices=["native", "vllm"], default=["native"])
     p.add_argument("--out", default="bench/results")
     args = p.parse_args()
-    results = [bench_model(m, args.clients, args.requests_per_client, args.max_tokens) for m in args.models]
+    shape = (args.clients, args.requests_per_client, args.max_tokens)
+    results = [bench_model(m, b, *shape) for m in args.models for b in args.backends]
+    last = {r["backend"]: r["rows"][-1]["tokens_per_second"] for r in results if r["model"] == args.models[-1]}
     result = {
         "throughput_32_vs_1": results[-1]["throughput_32_vs_1"],
+        "vllm_vs_native": last["vllm"] / last["native"] if {"vllm", "native"} <= last.keys() else None,
         "max_tokens": args.max_tokens,
         "requests_per_client": args.requests_per_client,
         "models": results,

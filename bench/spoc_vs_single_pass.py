@@ -177,6 +177,7 @@ def main() -> None:
         f"task.arithmetic.max_value={args.max_value}",
         f"task.arithmetic.heldout_size={args.heldout}",
         f"sft.steps={args.sft_steps}",
+        "sft.target_match=0",  # all of them: the warm start measured
         f"spoc.pair_questions={args.pair_questions}",
         f"spoc.pair_sft_steps={args.pair_sft_steps}",
         f"rollout.prompts_per_step={args.prompts}",

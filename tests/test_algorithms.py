@@ -408,6 +408,8 @@ def test_every_named_algorithm_is_a_valid_config():
     assert (dapo.loss, dapo.clip_eps, dapo.clip_high, dapo.aggregation) == ("ppo", 0.2, 0.28, "token")
     assert dapo.dynamic_sampling and dapo.overlong_buffer > 0 and dapo.kl_coef == 0
     assert (configs["dr_grpo"].advantage, configs["dr_grpo"].aggregation) == ("dr_grpo", "constant")
+    assert configs["reinforce_pp_kl"].kl_in_reward and configs["reinforce_pp_kl"].kl_coef > 0
+    assert configs["ppo_gae_shared"].value_model == "shared" and configs["ppo_gae"].value_model == "separate"
 
 
 # --- PPO with a learned value model: GAE, the critic, its checkpoint ---

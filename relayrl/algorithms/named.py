@@ -43,9 +43,25 @@ NAMED: dict[str, list[str]] = {
         "algorithm.loss=ppo",
         "algorithm.aggregation=token",
     ],
+    # the paper's form: the KL to the reference in every token's reward, not in the loss (the coefficient is ours)
+    "reinforce_pp_kl": [
+        "algorithm.advantage=reinforce_pp",
+        "algorithm.loss=ppo",
+        "algorithm.aggregation=token",
+        "algorithm.kl_in_reward=true",
+        "algorithm.kl_coef=0.01",
+    ],
     # PPO with a learned critic and GAE (Schulman et al. 2017; Ouyang et al. 2022 put kl_coef into the rewards:
     # add algorithm.kl_in_reward=true algorithm.kl_coef=0.02)
     "ppo_gae": ["algorithm.advantage=gae", "algorithm.loss=ppo", "algorithm.aggregation=token", "algorithm.lam=0.95"],
+    # the same with the value head on the policy's backbone (one forward and backward; TRL's value-head PPO)
+    "ppo_gae_shared": [
+        "algorithm.advantage=gae",
+        "algorithm.loss=ppo",
+        "algorithm.aggregation=token",
+        "algorithm.lam=0.95",
+        "algorithm.value_model=shared",
+    ],
     # Ahmadian et al. 2024: leave-one-out baseline, a policy gradient (PPO's ratio, 1 on policy)
     "rloo": ["algorithm.advantage=rloo", "algorithm.loss=ppo", "algorithm.aggregation=sequence"],
 }
