@@ -1,9 +1,12 @@
 """The algorithms by name side by side on the embedded default task: held-out accuracy over RL and trained tokens/s.
 
-Run alone on the machine (about 6 minutes a run on 2 cores, 12 algorithms x 3 seeds: ~3.6 hours):
-    .venv/bin/python bench/algorithms.py [--algorithms grpo,dapo,... --seeds 0,1,2 --set key=value ...]
-Each run is `relayrl train <the algorithm's settings (relayrl/algorithms/named.py)> seed=N` in a fresh process, with
-the same prompts and samples per step (DAPO's dynamic sampling draws more: its rows count what it sampled). Per run:
+Run alone on the machine (about 4 minutes a run on 2 cores, 12 algorithms x 3 seeds: ~2.5 hours; `--resume` keeps
+the runs already in the result and runs the others):
+    .venv/bin/python bench/algorithms.py [--algorithms grpo,dapo,... --seeds 0,1,2 --set key=value ... --resume]
+Each seed's warm start is made once (`relayrl train seed=N steps=1`, kept in --run-dir) and every algorithm starts
+RL from it: `relayrl train <the algorithm's settings (relayrl/algorithms/named.py)> seed=N model.name_or_path=<its
+sft checkpoint> sft.steps=0`, in a fresh process, so the algorithms of a seed start from the same model and draw the
+same prompts and samples per step (DAPO's dynamic sampling draws more: its rows count what it sampled). Per run:
 held-out accuracy at RL's start and end, the gain in points, the held-out curve, trained tokens/s, rollouts sampled,
 and the critic's share of the trainer's time (PPO-GAE).
 Top level: `algorithms` (the list), per algorithm the mean and range of its gain over seeds, and `best` (the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,15 +38,30 @@ from relayrl.config import load_config
 from relayrl.tracking import read_jsonl
 
 
-def run(name: str, seed: int, extra: list[str], root: Path) -> dict:
+def train(overrides: list[str], root: Path, what: str) -> Path:
+    """`relayrl train` in a fresh process; its run folder."""
     out = subprocess.run(
-        [sys.executable, "-m", "relayrl.cli", "train", *NAMED[name], *extra, f"seed={seed}", f"run_dir={root}"],
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "relayrl.cli", "train", *overrides, f"run_dir={root}"], capture_output=True, text=True
     )
     if out.returncode:
-        raise RuntimeError(f"{name}, seed {seed}: {out.stderr[-2000:]}")
-    run_dir = next(p for p in root.iterdir() if p.is_dir())
+        raise RuntimeError(f"{what}: {out.stderr[-2000:]}")
+    return next(p for p in root.iterdir() if p.is_dir())
+
+
+def warm_start(seed: int, extra: list[str], runs: Path) -> Path:
+    """The seed's SFT checkpoint, made once: what every algorithm's RL starts from."""
+    root = runs / f"warm-{seed}"
+    finished = next(root.glob("*/summary.json"), None) if root.exists() else None  # its sft checkpoint is whole
+    if finished:
+        return finished.parent / "checkpoints" / "sft"
+    shutil.rmtree(root, ignore_errors=True)  # a warm start stopped part-way
+    run_dir = train([*extra, f"seed={seed}", "steps=1", "mode=sync"], root, f"warm start, seed {seed}")
+    return run_dir / "checkpoints" / "sft"
+
+
+def run(name: str, seed: int, extra: list[str], warm: Path, root: Path) -> dict:
+    start = [f"model.name_or_path={warm}", "sft.steps=0"]
+    run_dir = train([*NAMED[name], *extra, *start, f"seed={seed}"], root, f"{name}, seed {seed}")
     s, records = json.loads((run_dir / "summary.json").read_text()), read_jsonl(run_dir / "metrics.jsonl")
     r = load_config(str(run_dir / "config.yaml")).rollout
     batches = sum(m.get("sampled_batches", 1) for m in records)  # DAPO's dynamic sampling draws more than one
@@ -111,12 +130,19 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--plot", type=Path, default=Path("docs/algorithms.png"))
+    p.add_argument("--run-dir", type=Path, default=Path("/tmp/algorithms_runs"), help="where the warm starts are kept")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in the result; run the others")
     args = p.parse_args()
-    rows = []
-    for name in args.algorithms.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
+    result = Path(args.out) / "algorithms.json"
+    rows = json.loads(result.read_text())["rows"] if args.resume and result.exists() else []
+    done = {(r["algorithm"], r["seed"]) for r in rows}
+    for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: a stopped bench has every algorithm's
+        warm = warm_start(seed, args.set, args.run_dir)
+        for name in args.algorithms.split(","):
+            if (name, seed) in done:
+                continue
             with tempfile.TemporaryDirectory(prefix="relayrl-algorithms-") as tmp:
-                rows.append(run(name, seed, args.set, Path(tmp)))
+                rows.append(run(name, seed, args.set, warm, Path(tmp)))
             save(summary(rows), args.out, "algorithms")  # after every run: a stopped bench keeps its rows
     plot(rows, args.plot)
 

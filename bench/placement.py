@@ -22,7 +22,9 @@ controller scores each batch between trainer steps (`score_seconds`, part of `tr
 that time as `reward_seconds` with the scorer on the trainer's cores (`Placement.scorer_on_trainer`).
 
 The CPU is then measured alone (relayrl.plan.calibrate: matmul peak, matrix-vector bandwidth, the sampler's
-fixed costs), relayrl.plan predicts each setting's step time from the measured batch shape, and the script
+fixed costs), the device is fitted to relayrl's own step on one thread and on every core (`fitted`: each phase's
+efficiency and the part more cores do not shorten), relayrl.plan predicts each setting's step time from the
+measured batch shape, and the script
 writes bench/results/placement.json (measured, predicted, errors) and bench/results/plan.json (the issue's
 headline numbers, with the model's LlamaRL comparison).
 
@@ -31,6 +33,7 @@ Run alone on the machine (timings of a shared machine say nothing):
     .venv/bin/python bench/placement.py                  # both models; about 35 minutes
     .venv/bin/python bench/placement.py --models tiny    # the embedded default only; about 8 minutes
     .venv/bin/python bench/placement.py --smoke          # 3 steps, a 2-step warm start, to /tmp: checks the script
+    .venv/bin/python bench/placement.py --predict-only   # the CPU measured again, the saved runs predicted again
 
 Pinning is done here, not by relayrl: the child pins its own main thread to the trainer's core before torch
 starts any thread (threads inherit it), and pins every thread of the generator process to the generator's
@@ -58,8 +61,10 @@ MODELS = {
     "tiny": {"configs": [], "overrides": [], "steps": 40, "skip": 4},
     "smollm2": {
         "configs": ["relayrl/tasks/presets/rg_basic_arithmetic.yaml", "examples/smollm2_basic_arithmetic.yaml"],
-        "overrides": ["task.reasoning_gym.heldout_size=20"],  # held-out evaluation is not what is measured
-        "steps": 12,
+        # held-out evaluation is not what is measured; half the recipe's prompts a step: a step on one core
+        # trains for about a minute
+        "overrides": ["task.reasoning_gym.heldout_size=20", "rollout.prompts_per_step=8"],
+        "steps": 8,
         "skip": 2,
     },
 }
@@ -169,9 +174,10 @@ def measured(run_dir: Path, skip: int) -> dict:
 
 
 def predict(cfg, runs: dict[str, dict], device) -> dict:
-    """Each setting's step time by relayrl.plan, from the batch shape the runs measured; and, from the measured
-    phases of the disaggregated sync run alone, the pipeline's prediction of disaggregated async."""
-    from relayrl.plan.calibrate import training_efficiency
+    """Each setting's step time by relayrl.plan, from the batch shape the runs measured and the device fitted to
+    relayrl's own step on one thread and on every core; and, from the measured phases of the disaggregated sync
+    run alone, the pipeline's prediction of disaggregated async."""
+    from relayrl.plan.calibrate import fitted, relayrl_step
     from relayrl.plan.inputs import Placement, Precision, Workload
     from relayrl.plan.model_shapes import resolve
     from relayrl.plan.phases import PhaseTimes
@@ -191,11 +197,9 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
         share_prompts=True,  # relayrl's sampler always shares, its trainer by optim.share_prompts (on)
     )
     model = resolve(cfg.model.name_or_path)
-    length = round(prompt + completion)  # a micro-batch of whole sequences, at most 4096 tokens
-    rows_per_micro_batch = max(1, min(cfg.optim.micro_batch_tokens, 4096) // length)
-    efficiency = training_efficiency(model, rows_per_micro_batch, length, device.flops)
-    device = dataclasses.replace(device, train_efficiency=efficiency, prefill_efficiency=efficiency)
     precision = Precision(gen_bytes=4, train_state_bytes=16, offload_bytes=0)  # fp32, one memory
+    one, every = relayrl_step(cfg, 1), relayrl_step(cfg, cores)
+    device = fitted(model, device, precision, one, every)
     placements = {  # relayrl's local executors: the controller scores on the trainer's cores
         "colocated_sync": Placement("colocated", cores, gen_tp=cores, mode="sync", scorer_on_trainer=True),
         "colocated_async": Placement("colocated", cores, gen_tp=cores, max_staleness=1, scorer_on_trainer=True),
@@ -205,7 +209,10 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
     out = {
         "model": dataclasses.asdict(model),
         "workload": dataclasses.asdict(workload),
-        "training_efficiency": efficiency,  # of the model's own layers on one core
+        "relayrl_step": [dataclasses.asdict(one), dataclasses.asdict(every)],  # what the device is fitted to
+        "fitted": {
+            k: getattr(device, k) for k in ("train_efficiency", "train_overhead", "prefill_efficiency", "row_overhead")
+        },
         "settings": {},
     }
     for setting, place in placements.items():
@@ -255,15 +262,20 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--run-dir", default="/tmp/placement_runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="re-measure the CPU and re-predict the runs saved in OUT/placement.json (their warm starts must exist)",
+    )
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    if args.predict_only:
+        return predict_saved(Path(args.out))
     if (os.cpu_count() or 1) < 2:
         sys.exit("placement: disaggregated settings need two cores")
     out = Path("/tmp/placement_smoke" if args.smoke else args.out)
     runs_root = Path(args.run_dir) / time.strftime("%Y%m%d-%H%M%S")
-    from relayrl.config import load_config
-
     results: dict = {"models": {}}
     for name in args.models:
         m = MODELS[name]
@@ -299,15 +311,33 @@ def main() -> None:
             }
             done = run_child(spec, out / "logs" / "placement" / f"{name}_{setting}.log")
             runs[setting], affinity[setting] = measured(Path(done["run_dir"]), skip), done["affinity"]
-        cfg = load_config(m["configs"], [*common, "mode=sync"])
-        results["models"][name] = {"overrides": common, "affinity": affinity, "runs": runs, "cfg": cfg}
-    print("measuring this CPU")
+        results["models"][name] = {"overrides": common, "affinity": affinity, "runs": runs}
+    write(results, out, smoke=args.smoke)
+
+
+def predict_saved(out: Path) -> None:
+    saved = json.loads((out / "placement.json").read_text())
+    models = {
+        name: {
+            "overrides": r["overrides"],
+            "affinity": r["affinity"],
+            "runs": {s: v["measured"] for s, v in r["settings"].items()},
+        }
+        for name, r in saved["models"].items()
+    }
+    write({"models": models}, out, smoke=False)
+
+
+def write(results: dict, out: Path, smoke: bool) -> None:
+    """Measure this CPU, predict every model's settings from its measured runs, save placement.json and plan.json."""
+    from relayrl.config import load_config
     from relayrl.plan.calibrate import this_cpu
 
+    print("measuring this CPU")
     device = this_cpu()
     errors = {}
     for name, r in results["models"].items():
-        r |= predict(r.pop("cfg"), r.pop("runs"), device)
+        r |= predict(load_config(MODELS[name]["configs"], [*r["overrides"], "mode=sync"]), r.pop("runs"), device)
         errors |= {f"{name}/{k}": v["relative_error"] for k, v in r["settings"].items()}
     results["device"] = dataclasses.asdict(device)
     results["calibration_max_error"] = max(abs(e) for e in errors.values())
@@ -322,7 +352,7 @@ def main() -> None:
         "predicted_speedups": {size: row["predicted_speedup"] for size, row in paper.items()},
         "paper_speedups": {size: row["paper_speedup"] for size, row in paper.items()},
         "paper_comparison": paper,
-        "smoke": args.smoke,
+        "smoke": smoke,
     }
     save(plan, out, "plan")
 

@@ -66,7 +66,9 @@ class TaskConfig:
 class SFTConfig:
     """Supervised warm start on the task's worked solutions, before RL."""
 
-    steps: int = non_negative(1200)  # at most; `target_match` ends it sooner
+    # at most; `target_match` ends it sooner. 800 bounds the embedded default's time: 3 runs in 10 would go on to
+    # 875-950 steps (about 90 s more), and they start RL at 30-34% at step 800 (docs/benchmarks.md)
+    steps: int = non_negative(800)
     batch_size: int = positive(64)
     lr: float = positive(2e-3)
     # Stop once the model reproduces this share of held-aside worked solutions token for token (0: run every step).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relayrl import build, phases
 from relayrl.adapters import trained_parameters
-from relayrl.algorithms.sequences import to_sequences
+from relayrl.algorithms.sequences import Sequence, to_sequences
 from relayrl.algorithms.shaping import Overlong, informative_groups
 from relayrl.config import Config
 from relayrl.errors import nonfinite_streak
@@ -107,6 +107,13 @@ def _loop(cfg: Config, run: Run, stop: StopFlag, show_progress: bool) -> None:
         _steps(cfg, run, stop, trainer, generator, scorer, tracker)
 
 
+def training_sequences(run: Run, batch: list[Rollout], step: int) -> list[Sequence]:
+    """The scored rollouts as the trainer takes them at `step`: advantages by the algorithm, overlong shaping."""
+    a, cfg = run.cfg.algorithm, run.cfg
+    overlong = Overlong(run.sampling.max_new_tokens, a.overlong_buffer, a.overlong_penalty, a.overlong_filter)
+    return to_sequences(batch, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage, overlong, step)
+
+
 def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tracker: Tracker) -> None:
     state, counters, a = run.state, run.state.counters, cfg.algorithm
     depth = cfg.max_staleness + 1 if cfg.mode == "async" else 1
@@ -169,8 +176,7 @@ def _steps(cfg: Config, run: Run, stop: StopFlag, trainer, generator, scorer, tr
             # surplus groups are left out; none within the cap: every group (advantage 0: only a KL term moves it)
             batch = [r for g in kept[: cfg.rollout.prompts_per_step] for r in g] or fresh
             drawn = {"sampled_batches": draws, "informative_groups": len(kept)}
-        overlong = Overlong(run.sampling.max_new_tokens, a.overlong_buffer, a.overlong_penalty, a.overlong_filter)
-        seqs = to_sequences(batch, a.advantage, cfg.spoc.verify_baseline, a.drop_zero_advantage, overlong, state.step)
+        seqs = training_sequences(run, batch, state.step)
         metrics = trainer.step(seqs)
         skipped = bool(metrics["skipped_nonfinite"])
         limit = cfg.optim.max_nonfinite_steps

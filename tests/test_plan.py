@@ -251,3 +251,49 @@ def test_plan_errors_name_the_field():
     ]:
         with pytest.raises(SystemExit, match=message):
             main(["plan", "8B", bad])
+
+
+def test_fitted_device_reproduces_the_measured_phases_on_one_and_two_devices():
+    from relayrl.plan.calibrate import StepCosts, fitted
+    from relayrl.plan.phases import generate_seconds
+
+    w = Workload(2, 4, 100, 400, 400, response_cv=0, share_prompts=True)  # every response 400 tokens
+    fast_memory = Device(**{**DEVICE.__dict__, "bandwidth": 1e18})  # the optimizer's pass and decode reads: free
+    p = Precision()
+    # training: 3 x (2e9 + attention over 250 tokens) x (2 x 100 + 8 x 400) FLOPs (as in
+    # test_train_is_6nd_at_the_stated_efficiency) at a quarter of the 1 TFLOP/s peak, plus 0.5 s a step that
+    # the second device does not halve (its FSDP traffic, 3 s, is below its 40.8 s of compute)
+    flops = 3 * (2 * 1e9 + 4 * 250) * (2 * 100 + 8 * 400)
+    one_train, two_train = flops / 0.25e12 + 0.5, flops / 0.5e12 + 0.5
+    # generation: compute-bound at 25% (the second device halves it), plus 1e-4 s for each of the 8 rows x 400 steps
+    truth = Device(**{**fast_memory.__dict__, "prefill_efficiency": 0.25, "row_overhead": 1e-4})
+    one_gen, two_gen = (generate_seconds(MODEL, truth, p, w, n, n) for n in (1, 2))
+    assert one_gen - two_gen == pytest.approx(generate_seconds(MODEL, truth, p, w, 1, 1) / 2 - 0.32 / 2)
+    d = fitted(
+        MODEL, fast_memory, p, StepCosts(1, one_gen, 0.0, one_train, w), StepCosts(2, two_gen, 0.0, two_train, w)
+    )
+    assert d.train_efficiency == pytest.approx(0.25)
+    assert d.train_overhead == pytest.approx(0.5)
+    assert d.prefill_efficiency == pytest.approx(0.25, rel=1e-6)  # bisected: 40 halvings of (0.001, 1]
+    assert d.row_overhead == pytest.approx(1e-4, rel=1e-4)
+    for n, gen, train in ((1, one_gen, one_train), (2, two_gen, two_train)):
+        assert train_seconds(MODEL, d, p, w, n) == pytest.approx(train)
+        assert generate_seconds(MODEL, d, p, w, n, n) == pytest.approx(gen, rel=1e-6)
+
+
+def test_relayrl_step_times_relayrl_own_step():
+    import torch
+
+    from relayrl.config import load_config
+    from relayrl.plan.calibrate import relayrl_step
+
+    threads = torch.get_num_threads()
+    cfg = load_config(
+        [], ["sft.steps=0", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8"]
+    )
+    costs = relayrl_step(cfg, threads=1, steps=1)
+    w = costs.workload
+    assert (costs.threads, w.prompts, w.samples_per_prompt, w.response_max) == (1, 4, 2, 8)
+    assert 1 <= w.response_mean <= 8 and w.prompt_tokens > 1
+    assert costs.generate > 0 and costs.train > 0 and costs.score >= 0
+    assert torch.get_num_threads() == threads  # the caller's threads are given back

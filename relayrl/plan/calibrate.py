@@ -5,15 +5,26 @@ from a short matmul here. Bandwidth is what a matrix-vector product reads a seco
 The fixed costs of a decode step come from relayrl's own sampler on models too small to compute anything:
 two depths split the per-layer cost from the per-step one, two batch sizes give the per-row one. Measured on
 a busy machine these numbers are too slow; bench/placement.py measures them alone.
+
+`fitted` calibrates the device to one model and task from relayrl's own RL step (sampling, scoring, the trainer's
+step, as the controller runs them), timed on one thread and on every core: each phase gets the efficiency of its
+part that more cores shorten, and the cost of its part that they do not (the trainer's fixed cost a step; the
+sampler's cost a row a decode step), so that the model's phase times on one device and on all of them equal the
+measured ones. What stays a prediction is how the model composes the phases: the four placements, the weight
+sync, the pipeline's overlap and the staleness.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from relayrl.plan.inputs import Device, ModelShape
+from relayrl.plan.inputs import Device, ModelShape, Precision, Workload
+from relayrl.plan.phases import generate_seconds, optimizer_seconds, response_lengths, train_flops
 
 MATMUL_PEAK = Path(__file__).resolve().parents[2] / "bench" / "results" / "matmul_peak.json"
 CPU_TRAIN_EFFICIENCY = 0.6  # measured 6ND share of the matmul peak: 49% (tiny-llama), 76% (SmolLM2-135M)
@@ -43,32 +54,94 @@ def gemv_bandwidth() -> float:
     return w.numel() * w.element_size() / _best(lambda: w @ x, 10)
 
 
-def training_efficiency(m: ModelShape, rows: int, length: int, peak: float) -> float:
-    """Share of `peak` (one thread) that forward and backward of this model's decoder layers reach on `rows`
-    sequences of `length` tokens, counting 6 x layer params x tokens: narrow models run far below the
-    2048-wide matmul peak (docs/benchmarks.md: 49% for tiny-llama's whole step, 76% for SmolLM2-135M's)."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
+@dataclass(frozen=True)
+class StepCosts:
+    """Seconds of relayrl's own RL step on `threads` threads, and the shape of the batches it ran."""
 
-    config = LlamaConfig(
-        vocab_size=16,
-        hidden_size=m.hidden,
-        intermediate_size=m.intermediate or 4 * m.hidden,
-        num_hidden_layers=2,
-        num_attention_heads=m.heads,
-        num_key_value_heads=m.kv_heads,
-        head_dim=m.head_dim,
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads: int
+    generate: float
+    score: float
+    train: float  # building the sequences and the trainer's step
+    workload: Workload
+
+
+def relayrl_step(cfg, threads: int, steps: int = 4) -> StepCosts:
+    """relayrl's sync loop for 1 + `steps` steps on `threads` torch threads (the first a warm-up), each phase timed
+    as the controller times it: the generator's batch, its scoring, the sequences and the trainer's step."""
+    import torch
+
+    from relayrl import build
+    from relayrl.config import ThreadsConfig
+    from relayrl.controller import training_sequences
+    from relayrl.run import Run
+
+    cfg = dataclasses.replace(cfg, mode="sync", executors="local", threads=ThreadsConfig(threads, threads))
+    before = torch.get_num_threads()
+    times, prompts, completions = [], [], []
     try:
-        model = LlamaModel(config)
-        x = torch.randn(rows, length, m.hidden, requires_grad=True)
-        seconds = _best(lambda: model(inputs_embeds=x).last_hidden_state.sum().backward(), 3)
+        with tempfile.TemporaryDirectory() as folder:
+            run = Run(cfg, Path(folder))
+            trainer, generator, scorer = build.trainer(run), build.generator(run), build.scorer(run)
+            for step in range(steps + 1):
+                generator.publish(trainer.weights(), step)
+                generator.submit(run.request(step))
+                rollouts, gen = generator.collect()
+                start = time.perf_counter()
+                scorer.score(rollouts)
+                scored = time.perf_counter()
+                trainer.step(training_sequences(run, rollouts, step))
+                if step:
+                    times.append((gen, scored - start, time.perf_counter() - scored))
+                    prompts += [len(r.prompt_ids) for r in rollouts]
+                    completions += [len(r.completion_ids) for r in rollouts]
+            generator.close()
+            scorer.close()
     finally:
-        torch.set_num_threads(threads)
-    layer_params = sum(p.numel() for p in model.layers.parameters())
-    return min(1.0, 6 * layer_params * rows * length / seconds / peak)
+        torch.set_num_threads(before)
+    r = cfg.rollout
+    workload = Workload(
+        r.prompts_per_step,
+        r.samples_per_prompt,
+        sum(prompts) / len(prompts),
+        sum(completions) / len(completions),
+        r.max_new_tokens,
+        share_prompts=True,  # relayrl's sampler always shares, its trainer by optim.share_prompts (on)
+    )
+    generate, score, train = (sum(t[i] for t in times) / len(times) for i in range(3))
+    return StepCosts(threads, generate, score, train, workload)
+
+
+def fitted(m: ModelShape, d: Device, p: Precision, one: StepCosts, many: StepCosts) -> Device:
+    """`d` with the four figures that make the model's phase times equal `one` (one thread, one device) and
+    `many` (every core as a device): the training efficiency and the trainer's fixed cost a step (two equations,
+    training linear in 1 / efficiency); the generator's compute efficiency (prefill and compute-bound decode steps:
+    what the second core shortens) and the sampler's cost a row a decode step (what it does not)."""
+
+    def train_at(costs: StepCosts) -> tuple[float, float]:  # (FLOPs a device, seconds besides them)
+        return train_flops(m, costs.workload) / costs.threads, costs.train - optimizer_seconds(m, d, p, costs.threads)
+
+    (c1, t1), (cn, tn) = train_at(one), train_at(many)
+    efficiency = min(1.0, (c1 - cn) / (d.flops * max(1e-9, t1 - tn)))
+    overhead = max(0.0, t1 - c1 / (d.flops * efficiency))
+
+    def forward(e: float, costs: StepCosts) -> float:
+        device = dataclasses.replace(d, prefill_efficiency=e, row_overhead=0.0)
+        return generate_seconds(m, device, p, costs.workload, costs.threads, costs.threads)
+
+    lo, hi = 1e-3, 1.0  # the gain of n cores falls as the efficiency rises: bisect for the measured gain
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if forward(mid, one) - forward(mid, many) > one.generate - many.generate else (lo, mid)
+    gen_efficiency = hi
+    row_steps = sum(response_lengths(one.workload, one.workload.rows))
+    row = max(0.0, one.generate - forward(gen_efficiency, one)) / row_steps
+    return dataclasses.replace(
+        d,
+        train_efficiency=efficiency,
+        train_overhead=overhead,
+        prefill_efficiency=gen_efficiency,
+        row_overhead=row,
+    )
 
 
 def decode_overheads(tokens: int = 16) -> tuple[float, float, float]:

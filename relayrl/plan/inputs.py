@@ -121,13 +121,23 @@ class Device:
     step_overhead: float = 0.0  # seconds per forward pass
     layer_overhead: float = 0.0  # seconds per layer per forward pass
     row_overhead: float = 0.0  # seconds per running row per decode step
+    # seconds a training step spends that more devices do not shorten (small ops' dispatch, the loss's
+    # bookkeeping, Python): 0 for large models on GPUs; what makes two CPU cores train a small model 1.6x, not 2x
+    train_overhead: float = 0.0
     allreduce_latency: float = 0.0  # seconds per tensor-parallel all-reduce
     max_tp: int = 8  # devices a generator replica may span at full speed (a node's NVLink domain)
 
     def check(self) -> Device:
         _check_positive(self, "flops", "bandwidth", "memory", "link", "host_link", "max_tp")
         _check_fraction(self, "train_efficiency", "prefill_efficiency", "bandwidth_efficiency")
-        for name in ("fp8_flops", "step_overhead", "layer_overhead", "row_overhead", "allreduce_latency"):
+        for name in (
+            "fp8_flops",
+            "step_overhead",
+            "layer_overhead",
+            "row_overhead",
+            "train_overhead",
+            "allreduce_latency",
+        ):
             if getattr(self, name) < 0:
                 raise PlanError(f"Device.{name}: must be >= 0; got {getattr(self, name)!r}")
         return self

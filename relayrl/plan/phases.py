@@ -156,23 +156,30 @@ def fastest_tp(m: ModelShape, d: Device, p: Precision, w: Workload, devices: int
     return min(sizes, key=lambda t: generate_seconds(m, d, p, w, devices, t, reserved))
 
 
+def train_flops(m: ModelShape, w: Workload) -> float:
+    """6 N D plus attention: forward and backward of every trained token (and the extra forward passes)."""
+    prompt_rows = w.prompts if w.share_prompts else w.rows
+    tokens = prompt_rows * w.prompt_tokens + w.rows * w.response_mean
+    context = (w.prompt_tokens + w.response_mean) / 2
+    return tokens * (2 * m.matmul_params + m.attention_flops(context)) * (3 + w.extra_forwards)
+
+
+def optimizer_seconds(m: ModelShape, d: Device, p: Precision, devices: int) -> float:
+    """The optimizer's read and write of every byte of a device's share of the training state."""
+    return 2 * m.params * p.train_state_bytes / devices / (d.bandwidth * d.bandwidth_efficiency)
+
+
 def train_seconds(m: ModelShape, d: Device, p: Precision, w: Workload, devices: int) -> float:
-    """6 N D (plus attention) FLOPs at the training efficiency, FSDP traffic overlapped, then the optimizer."""
-    state = m.params * p.train_state_bytes / devices
-    if state > d.memory * MEMORY_HEADROOM:
+    """6 N D (plus attention) FLOPs at the training efficiency, FSDP traffic overlapped, then the optimizer; and
+    the fixed cost of a step."""
+    if m.params * p.train_state_bytes / devices > d.memory * MEMORY_HEADROOM:
         raise PlanError(
             f"the trainer does not fit: {m.name} needs {m.params * p.train_state_bytes / 1e9:.0f} GB of training"
             f" state, {devices} x {d.name} hold {devices * d.memory * MEMORY_HEADROOM / 1e9:.0f} GB usable"
         )
-    prompt_rows = w.prompts if w.share_prompts else w.rows
-    tokens = prompt_rows * w.prompt_tokens + w.rows * w.response_mean
-    context = (w.prompt_tokens + w.response_mean) / 2
-    per_token = 2 * m.matmul_params + m.attention_flops(context)
-    flops = tokens * per_token * (3 + w.extra_forwards)
-    compute = flops / (devices * d.flops * d.train_efficiency)
+    compute = train_flops(m, w) / (devices * d.flops * d.train_efficiency)
     comm = 3 * m.params * 2 * (devices - 1) / devices / d.link  # bf16: gather weights twice, scatter grads once
-    optimizer = 2 * state / (d.bandwidth * d.bandwidth_efficiency)  # read and write every state byte
-    return max(compute, comm) + optimizer
+    return max(compute, comm) + optimizer_seconds(m, d, p, devices) + d.train_overhead
 
 
 def sync_seconds(m: ModelShape, d: Device, p: Precision, gen_devices: int, tp: int, train_devices: int) -> float:
