@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import faulthandler
 import socket
 
 import pytest
@@ -15,6 +16,12 @@ from relayrl.executors import weight_sync
 from relayrl.executors.weights import flatten, whole
 from relayrl.models import TinySize, load_model_and_tokenizer
 from relayrl.training.trainer import AlgorithmConfig, OptimConfig, Sequence, Trainer
+
+
+def _watchdog() -> None:
+    """A rank that hangs prints every thread's stack and exits, before pytest-timeout (300 s) stops the test with
+    only the parent's stack; its collectives time out at 120 s, so 240 s is a hang outside them."""
+    faulthandler.dump_traceback_later(240, exit=True)
 
 
 def _free_address() -> str:
@@ -97,6 +104,7 @@ def _adam_first_step_atol(g_a: torch.Tensor, g_b: torch.Tensor, norm_a: float, n
 
 
 def _rank(rank: int, world: int, address: str, out: str, aggregation: str, parallel: str) -> None:
+    _watchdog()
     torch.set_num_threads(1)
     # a collective that waits longer than this is a hang: fail with a traceback rather than stall the suite
     timeout = datetime.timedelta(seconds=120)
@@ -236,6 +244,7 @@ def _lora_grads(trainer: Trainer) -> torch.Tensor:
 
 
 def _lora_rank(rank: int, world: int, address: str, out: str, parallel: str) -> None:
+    _watchdog()
     torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=120)
     dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timeout)
@@ -273,6 +282,7 @@ def test_two_gloo_ranks_train_lora_adapters_as_one_rank(tmp_path, parallel):
 
 
 def _sync_rank(rank: int, world: int, address: str, out: str) -> None:
+    _watchdog()
     pg = weight_sync.init_group(address, rank, world, timeout_s=120)
     model = load_model_and_tokenizer("tiny-llama", TinySize(32, 2, 2), seed=rank)[0]  # each rank starts different
     if rank == 0:

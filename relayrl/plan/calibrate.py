@@ -27,7 +27,9 @@ from relayrl.plan.inputs import Device, ModelShape, Precision, Workload
 from relayrl.plan.phases import generate_seconds, optimizer_seconds, response_lengths, train_flops
 
 MATMUL_PEAK = Path(__file__).resolve().parents[2] / "bench" / "results" / "matmul_peak.json"
-CPU_TRAIN_EFFICIENCY = 0.6  # measured 6ND share of the matmul peak: 49% (tiny-llama), 76% (SmolLM2-135M)
+# 6ND share of the one-thread matmul peak that relayrl's trainer step reaches, fitted by bench/placement.py: 60%
+# (tiny-llama), 70% (SmolLM2-135M), besides a fixed cost a step that `this_cpu` leaves at 0 (docs/planning.md)
+CPU_TRAIN_EFFICIENCY = 0.6
 
 
 def _best(fn, repeats: int) -> float:
