@@ -27,6 +27,7 @@ from relayrl.tracking import read_jsonl
 
 @pytest.fixture(scope="module")
 def cluster():
+    ray.shutdown()  # a local Ray that a run in another test file of this pytest worker left up, if any
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     c.add_node(num_cpus=1)
     ray.init(address=c.address, include_dashboard=False, log_to_driver=False)

@@ -274,8 +274,13 @@ def test_vllm_async_run_killed_and_resumed_loses_no_rollout(tiny, tmp_path):
 def test_vllm_spoc_run_on_ray_generators(tiny, tmp_path):
     """SPOC's multi-message rollouts (its stop rule continued at the verdicts) sampled by two vLLM replicas, each in a
     Ray actor (batch k goes to replica k mod 2)."""
+    import ray
+
     ray_local = {"executors": "ray", "ray.generators": 2, "ray.generator_cpus": 0.5, "ray.reward_cpus": 0.25}
-    run = _run(tiny, tmp_path, "spoc", **SPOC_RUN, **ray_local)
+    try:
+        run = _run(tiny, tmp_path, "spoc", **SPOC_RUN, **ray_local)
+    finally:  # the run's local Ray stays up in this process (relayrl keeps it); this pytest worker runs other files
+        ray.shutdown()
     records = _records_within_bound(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all("train_turns" in r for r in records)
