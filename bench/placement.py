@@ -177,8 +177,8 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
     """Each setting's step time by relayrl.plan, from the batch shape the runs measured and the device fitted to
     relayrl's own step on one thread and on every core; and, from the measured phases of the disaggregated sync
     run alone, the pipeline's prediction of disaggregated async."""
-    from relayrl.plan.calibrate import fitted, relayrl_step
-    from relayrl.plan.inputs import Placement, Precision, Workload
+    from relayrl.plan.calibrate import fitted, relayrl_step, relayrl_workload
+    from relayrl.plan.inputs import Placement, Precision
     from relayrl.plan.model_shapes import resolve
     from relayrl.plan.phases import PhaseTimes
     from relayrl.plan.pipeline import simulate
@@ -188,14 +188,7 @@ def predict(cfg, runs: dict[str, dict], device) -> dict:
     rows = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
     completion = sum(r["completion_length"] for r in runs.values()) / len(runs)
     prompt = sum(r["trained_tokens"] for r in runs.values()) / len(runs) / rows - completion
-    workload = Workload(
-        cfg.rollout.prompts_per_step,
-        cfg.rollout.samples_per_prompt,
-        max(1.0, prompt),
-        completion,
-        cfg.rollout.max_new_tokens,
-        share_prompts=True,  # relayrl's sampler always shares, its trainer by optim.share_prompts (on)
-    )
+    workload = relayrl_workload(cfg.rollout, max(1.0, prompt), completion)
     model = resolve(cfg.model.name_or_path)
     precision = Precision(gen_bytes=4, train_state_bytes=16, offload_bytes=0)  # fp32, one memory
     one, every = relayrl_step(cfg, 1), relayrl_step(cfg, cores)

@@ -16,6 +16,7 @@ sync, the pipeline's overlap and the staleness.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -67,6 +68,18 @@ class StepCosts:
     workload: Workload
 
 
+def relayrl_workload(rollout, prompt_tokens: float, response_mean: float) -> Workload:
+    """A relayrl run's batch as the model sees it: its rollout settings and the mean lengths it produced."""
+    return Workload(
+        rollout.prompts_per_step,
+        rollout.samples_per_prompt,
+        prompt_tokens,
+        response_mean,
+        rollout.max_new_tokens,
+        share_prompts=True,  # relayrl's sampler always shares, its trainer by optim.share_prompts (on)
+    )
+
+
 def relayrl_step(cfg, threads: int, steps: int = 4) -> StepCosts:
     """relayrl's sync loop for 1 + `steps` steps on `threads` torch threads (the first a warm-up), each phase timed
     as the controller times it: the generator's batch, its scoring, the sequences and the trainer's step."""
@@ -81,9 +94,12 @@ def relayrl_step(cfg, threads: int, steps: int = 4) -> StepCosts:
     before = torch.get_num_threads()
     times, prompts, completions = [], [], []
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as opened:
             run = Run(cfg, Path(folder))
-            trainer, generator, scorer = build.trainer(run), build.generator(run), build.scorer(run)
+            trainer, generator, scorer = (
+                opened.enter_context(contextlib.closing(make(run)))
+                for make in (build.trainer, build.generator, build.scorer)
+            )
             for step in range(steps + 1):
                 generator.publish(trainer.weights(), step)
                 generator.submit(run.request(step))
@@ -96,19 +112,9 @@ def relayrl_step(cfg, threads: int, steps: int = 4) -> StepCosts:
                     times.append((gen, scored - start, time.perf_counter() - scored))
                     prompts += [len(r.prompt_ids) for r in rollouts]
                     completions += [len(r.completion_ids) for r in rollouts]
-            generator.close()
-            scorer.close()
     finally:
         torch.set_num_threads(before)
-    r = cfg.rollout
-    workload = Workload(
-        r.prompts_per_step,
-        r.samples_per_prompt,
-        sum(prompts) / len(prompts),
-        sum(completions) / len(completions),
-        r.max_new_tokens,
-        share_prompts=True,  # relayrl's sampler always shares, its trainer by optim.share_prompts (on)
-    )
+    workload = relayrl_workload(cfg.rollout, sum(prompts) / len(prompts), sum(completions) / len(completions))
     generate, score, train = (sum(t[i] for t in times) / len(times) for i in range(3))
     return StepCosts(threads, generate, score, train, workload)
 
