@@ -11,7 +11,11 @@ held-out accuracy at RL's start and end, the gain in points, the held-out curve,
 and the critic's share of the trainer's time (PPO-GAE).
 Top level: `algorithms` (the list), per algorithm the mean and range of its gain over seeds, and `best` (the
 algorithm of the largest mean gain). Writes bench/results/algorithms.json and the plot docs/algorithms.png.
-`--set` adds overrides to every run (a smoke test: --set steps=2 sft.steps=5 ...).
+`--set` adds YAML files and overrides to every run (a smoke test: --set steps=2 sft.steps=5 ...). The SmolLM2 runs
+beside its recipe (docs/recipes/smollm2.md):
+    .venv/bin/python bench/algorithms.py --algorithms aipo,ppo_gae,dapo --seeds 0 --set \
+        relayrl/tasks/presets/rg_basic_arithmetic.yaml examples/smollm2_basic_arithmetic.yaml steps=40 eval_every=20 \
+        --name smollm2_algorithms --plot docs/recipes/smollm2_algorithms.png --run-dir /tmp/smollm2_algorithms_runs
 """
 
 from __future__ import annotations
@@ -129,11 +133,12 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--name", default="algorithms", help="the result's file name, without .json")
     p.add_argument("--plot", type=Path, default=Path("docs/algorithms.png"))
     p.add_argument("--run-dir", type=Path, default=Path("/tmp/algorithms_runs"), help="where the warm starts are kept")
     p.add_argument("--resume", action="store_true", help="keep the runs already in the result; run the others")
     args = p.parse_args()
-    result = Path(args.out) / "algorithms.json"
+    result = Path(args.out) / f"{args.name}.json"
     rows = json.loads(result.read_text())["rows"] if args.resume and result.exists() else []
     done = {(r["algorithm"], r["seed"]) for r in rows}
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: a stopped bench has every algorithm's
@@ -143,7 +148,7 @@ def main() -> None:
                 continue
             with tempfile.TemporaryDirectory(prefix="relayrl-algorithms-") as tmp:
                 rows.append(run(name, seed, args.set, warm, Path(tmp)))
-            save(summary(rows), args.out, "algorithms")  # after every run: a stopped bench keeps its rows
+            save(summary(rows), args.out, args.name)  # after every run: a stopped bench keeps its rows
     plot(rows, args.plot)
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import datetime
 import faulthandler
 import socket
+import uuid
 
 import pytest
 import torch
@@ -22,6 +23,22 @@ def _watchdog() -> None:
     """A rank that hangs prints every thread's stack and exits, before pytest-timeout (300 s) stops the test with
     only the parent's stack; its collectives time out at 120 s, so 240 s is a hang outside them."""
     faulthandler.dump_traceback_later(240, exit=True)
+
+
+def _rendezvous(folder) -> str:
+    """A fresh file for spawned ranks to meet at: no TCP port picked beforehand that another process (a Ray an earlier
+    test of this worker started) could take meanwhile, and no store server in rank 0 that the others need until they
+    leave."""
+    return f"file://{folder}/rendezvous-{uuid.uuid4().hex}"
+
+
+def _join(rank: int, world: int, init: str) -> None:
+    """A spawned rank's start: the watchdog, one thread, the gloo group."""
+    _watchdog()
+    torch.set_num_threads(1)
+    # a collective that waits longer than this is a hang: fail with a traceback rather than stall the suite
+    timeout = datetime.timedelta(seconds=120)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timeout)
 
 
 def _free_address() -> str:
@@ -103,12 +120,8 @@ def _adam_first_step_atol(g_a: torch.Tensor, g_b: torch.Tensor, norm_a: float, n
     return cfg.lr * (eps * (a - b).abs() / (low + eps) ** 2 + 8 * U)
 
 
-def _rank(rank: int, world: int, address: str, out: str, aggregation: str, parallel: str) -> None:
-    _watchdog()
-    torch.set_num_threads(1)
-    # a collective that waits longer than this is a hang: fail with a traceback rather than stall the suite
-    timeout = datetime.timedelta(seconds=120)
-    dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timeout)
+def _rank(rank: int, world: int, init: str, out: str, aggregation: str, parallel: str) -> None:
+    _join(rank, world, init)
     trainer = _trainer(aggregation, parallel)
     metrics = trainer.accumulate(_batch()[rank::world])  # each rank its share of the global batch
     grads = _grads(trainer)
@@ -135,14 +148,14 @@ def _rank(rank: int, world: int, address: str, out: str, aggregation: str, paral
         reinforce_pp = _trainer("token", parallel, advantage="reinforce_pp", loss="ppo", kl_in_reward=True)
         result["reinforce_pp"] = reinforce_pp.accumulate(_critic_batch()[rank::world]), _grads(reinforce_pp)
     torch.save(result, f"{out}/rank{rank}.pt")
-    dist.barrier()  # rank 0 holds the rendezvous store: it leaves last
+    dist.barrier()
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
 def test_two_gloo_ranks_give_one_rank_loss_gradients_and_update(tmp_path, parallel):
     for aggregation in ("token", "sequence"):
-        mp.spawn(_rank, args=(2, _free_address(), str(tmp_path), aggregation, parallel), nprocs=2)
+        mp.spawn(_rank, args=(2, _rendezvous(tmp_path), str(tmp_path), aggregation, parallel), nprocs=2)
         single = _trainer(aggregation, share_prompts=parallel != "fsdp2")  # FSDP2 ranks do not share prompts
         expected = single.accumulate(_batch())
         grads = _grads(single)
@@ -243,11 +256,8 @@ def _lora_grads(trainer: Trainer) -> torch.Tensor:
     return torch.cat([whole(p.grad).reshape(-1) for p in adapters.trained_parameters(trainer.model)])
 
 
-def _lora_rank(rank: int, world: int, address: str, out: str, parallel: str) -> None:
-    _watchdog()
-    torch.set_num_threads(1)
-    timeout = datetime.timedelta(seconds=120)
-    dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timeout)
+def _lora_rank(rank: int, world: int, init: str, out: str, parallel: str) -> None:
+    _join(rank, world, init)
     trainer = _lora_trainer(parallel)
     trainer.accumulate(_batch()[rank::world])
     grads = _lora_grads(trainer)
@@ -260,7 +270,7 @@ def _lora_rank(rank: int, world: int, address: str, out: str, parallel: str) -> 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
 def test_two_gloo_ranks_train_lora_adapters_as_one_rank(tmp_path, parallel):
-    mp.spawn(_lora_rank, args=(2, _free_address(), str(tmp_path), parallel), nprocs=2)
+    mp.spawn(_lora_rank, args=(2, _rendezvous(tmp_path), str(tmp_path), parallel), nprocs=2)
     single = _lora_trainer(parallel)
     single.accumulate(_batch())
     grads = _lora_grads(single)
