@@ -114,13 +114,13 @@ def summary(rows: list[dict]) -> dict:
 def plot(rows: list[dict], path: Path) -> None:
     """Each algorithm's held-out accuracy against RL step, the mean over its seeds."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in dict.fromkeys(r["algorithm"] for r in rows):
+    for i, name in enumerate(dict.fromkeys(r["algorithm"] for r in rows)):
         curves = [r["curve"] for r in rows if r["algorithm"] == name]
         steps = [e["step"] for e in curves[0]]
         ax.plot(
             steps,
             [statistics.fmean(c[i]["heldout_accuracy"] for c in curves) for i in range(len(steps))],
-            "o-",
+            ("o-", "s--", "^:")[i // 10 % 3],  # the colour cycle has 10 colours: a line style tells the 11th apart
             label=name,
         )
     save_plot(fig, ax, path, "RL step", f"held-out accuracy, mean of {len(curves)} seeds")
