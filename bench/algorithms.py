@@ -114,13 +114,13 @@ def summary(rows: list[dict]) -> dict:
 def plot(rows: list[dict], path: Path) -> None:
     """Each algorithm's held-out accuracy against RL step, the mean over its seeds."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, name in enumerate(dict.fromkeys(r["algorithm"] for r in rows)):
+    for line, name in enumerate(dict.fromkeys(r["algorithm"] for r in rows)):
         curves = [r["curve"] for r in rows if r["algorithm"] == name]
         steps = [e["step"] for e in curves[0]]
         ax.plot(
             steps,
             [statistics.fmean(c[i]["heldout_accuracy"] for c in curves) for i in range(len(steps))],
-            ("o-", "s--", "^:")[i // 10 % 3],  # the colour cycle has 10 colours: a line style tells the 11th apart
+            ("o-", "s--", "^:")[line // 10 % 3],  # the colour cycle has 10 colours: a line style tells the 11th apart
             label=name,
         )
     save_plot(fig, ax, path, "RL step", f"held-out accuracy, mean of {len(curves)} seeds")
@@ -131,7 +131,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--algorithms", default=",".join(NAMED))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
+    p.add_argument("--set", nargs="*", default=[], help="YAML files and overrides added to every run")
     p.add_argument("--out", default="bench/results")
     p.add_argument("--name", default="algorithms", help="the result's file name, without .json")
     p.add_argument("--plot", type=Path, default=Path("docs/algorithms.png"))
