@@ -12,9 +12,9 @@ and the critic's share of the trainer's time (PPO-GAE).
 Top level: `algorithms` (the list), per algorithm the mean and range of its gain over seeds, and `best` (the
 algorithm of the largest mean gain). Writes bench/results/algorithms.json and the plot docs/algorithms.png.
 `--set` adds YAML files and overrides to every run (a smoke test: --set steps=2 sft.steps=5 ...). The SmolLM2 runs
-beside its recipe (docs/recipes/smollm2.md):
+beside its recipe (docs/recipes/smollm2.md; about an hour alone):
     .venv/bin/python bench/algorithms.py --algorithms aipo,ppo_gae,dapo --seeds 0 --set \
-        relayrl/tasks/presets/rg_basic_arithmetic.yaml examples/smollm2_basic_arithmetic.yaml steps=40 eval_every=20 \
+        relayrl/tasks/presets/rg_basic_arithmetic.yaml examples/smollm2_basic_arithmetic.yaml steps=20 eval_every=20 \
         --name smollm2_algorithms --plot docs/recipes/smollm2_algorithms.png --run-dir /tmp/smollm2_algorithms_runs
 """
 
